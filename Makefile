@@ -1,0 +1,64 @@
+# One-command set-up: `make demo` (install + demo data + materialize everything) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_STUDIES ?= 120
+DEMO_SEED ?= 0
+UI_PORT ?= 3000
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export CHEXMIX_SOURCE_ROOT ?= $(CURDIR)/data/demo
+export CHEXMIX_STORAGE_ROOT ?= $(CURDIR)/storage
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv data demo test test-all ui lint bench-ingest clean-demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+data: venv
+	@if [ -f "$(CHEXMIX_SOURCE_ROOT)/ground_truth/labels.csv" ]; then \
+	  echo "demo archive already at $(CHEXMIX_SOURCE_ROOT)"; \
+	else \
+	  $(BIN)/python -m cxr.synthetic "$(CHEXMIX_SOURCE_ROOT)" --studies $(DEMO_STUDIES) --seed $(DEMO_SEED); \
+	fi
+
+demo: venv data $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize -m pipelines.definitions --select '*'
+	@echo
+	@echo "Done. Outputs: $(CHEXMIX_STORAGE_ROOT); catalog: $(CHEXMIX_STORAGE_ROOT)/catalog.duckdb"
+	@echo "Open the UI with:  make ui   then browse http://127.0.0.1:$(UI_PORT)"
+
+test: venv
+	$(BIN)/python -m pytest
+
+test-all: venv
+	$(BIN)/python -m pytest -m ''
+
+ui: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -m pipelines.definitions -h 127.0.0.1 -p $(UI_PORT)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench-ingest: venv
+	$(BIN)/python bench/ingest.py
+
+clean-demo:
+	rm -rf "$(CHEXMIX_STORAGE_ROOT)" "$(DAGSTER_HOME)"

@@ -1,0 +1,1 @@
+"""Thin Dagster asset modules, one per pipeline stage, named for what they produce."""

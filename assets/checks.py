@@ -1,0 +1,115 @@
+"""Quality gates on the ingest assets. Blocking checks stop downstream materialization."""
+
+from __future__ import annotations
+
+import dagster as dg
+import duckdb
+
+from assets import paths
+from pipelines.resources import StorageResource
+
+
+class DecodeRateConfig(dg.Config):
+    """Threshold of the decode success check."""
+
+    min_success_rate: float = 0.9
+    """Fraction of image files (DICOM + raster) in the manifest that must end up decoded."""
+
+
+def _images_glob(storage: StorageResource) -> str:
+    return str(storage.path(*paths.IMAGES_DIR) / "shard-[0-9][0-9][0-9][0-9][0-9].parquet")
+
+
+@dg.asset_check(asset="cxr_images", blocking=True, description="Enough image files decode.")
+def decode_success_rate(
+    config: DecodeRateConfig, storage: StorageResource
+) -> dg.AssetCheckResult:
+    """Decoded images / image files scanned >= ``min_success_rate``."""
+    manifest = storage.path(*paths.SOURCE_MANIFEST)
+    scanned = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{manifest}') WHERE kind IN ('dicom', 'raster')"
+    ).fetchone()[0]
+    decoded = duckdb.sql(
+        f"SELECT count(DISTINCT image_id) FROM read_parquet('{_images_glob(storage)}')"
+    ).fetchone()[0]
+    rate = decoded / scanned if scanned else 0.0
+    return dg.AssetCheckResult(
+        passed=scanned > 0 and rate >= config.min_success_rate,
+        metadata={
+            "image_files_scanned": scanned,
+            "images_decoded": decoded,
+            "success_rate": round(rate, 4),
+            "min_success_rate": config.min_success_rate,
+        },
+        description=None if scanned else "no image files were scanned",
+    )
+
+
+@dg.asset_check(asset="cxr_images", blocking=True, description="No blank images in the shards.")
+def no_empty_images(storage: StorageResource) -> dg.AssetCheckResult:
+    """Every decoded image has contrast (pixel std >= 1 grey level) and the expected size."""
+    row = duckdb.sql(
+        f"""SELECT count(*), count(*) FILTER (WHERE pixel_std < 1.0),
+                   count(*) FILTER (WHERE length(pixels) <> height * width),
+                   min(pixel_std), max(pixel_mean)
+            FROM read_parquet('{_images_glob(storage)}')"""
+    ).fetchone()
+    total, flat, bad_size, min_std, max_mean = row
+    return dg.AssetCheckResult(
+        passed=total > 0 and flat == 0 and bad_size == 0,
+        metadata={
+            "num_images": total,
+            "num_flat": flat,
+            "num_wrong_size": bad_size,
+            "min_pixel_std": float(min_std or 0.0),
+            "max_pixel_mean": float(max_mean or 0.0),
+        },
+    )
+
+
+@dg.asset_check(
+    asset="ingest_quarantine",
+    blocking=True,
+    description="Every scanned file is ingested, used as a report, or quarantined.",
+)
+def every_file_accounted_for(storage: StorageResource) -> dg.AssetCheckResult:
+    """ingested + reports used + quarantined = scanned, per file and per study image."""
+    manifest = storage.path(*paths.SOURCE_MANIFEST)
+    study_images = storage.path(*paths.STUDY_IMAGES)
+    studies = storage.path(*paths.STUDIES)
+    quarantine = storage.path(*paths.QUARANTINE)
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet('{_images_glob(storage)}')")
+    missing_files = con.execute(
+        f"""WITH accounted AS (
+                SELECT si.file_id FROM read_parquet('{study_images}') si
+                JOIN images USING (image_id)
+                UNION SELECT report_file_id FROM read_parquet('{studies}')
+                      WHERE report_file_id IS NOT NULL
+                UNION SELECT file_id FROM read_parquet('{quarantine}') WHERE file_id IS NOT NULL
+                UNION SELECT file_id FROM read_parquet('{manifest}') WHERE kind = 'report_table')
+            SELECT count(*) FROM read_parquet('{manifest}')
+            WHERE file_id NOT IN (SELECT file_id FROM accounted)"""
+    ).fetchone()[0]
+    missing_images = con.execute(
+        f"""SELECT count(*) FROM read_parquet('{study_images}')
+            WHERE image_id NOT IN (SELECT image_id FROM images)
+              AND image_id NOT IN (SELECT record_id FROM read_parquet('{quarantine}'))"""
+    ).fetchone()[0]
+    scanned = con.execute(f"SELECT count(*) FROM read_parquet('{manifest}')").fetchone()[0]
+    ingested = con.execute("SELECT count(*) FROM images").fetchone()[0]
+    quarantined = con.execute(f"SELECT count(*) FROM read_parquet('{quarantine}')").fetchone()[0]
+    con.close()
+    return dg.AssetCheckResult(
+        passed=missing_files == 0 and missing_images == 0,
+        metadata={
+            "files_scanned": scanned,
+            "images_ingested": ingested,
+            "records_quarantined": quarantined,
+            "files_unaccounted": missing_files,
+            "study_images_unaccounted": missing_images,
+        },
+    )
+
+
+INGEST_CHECKS = [decode_success_rate, no_empty_images, every_file_accounted_for]

@@ -1,0 +1,30 @@
+"""The one Dagster code location. Built lazily: importing this module scans nothing, starts no
+Ray and opens no database; Dagster calls ``defs()`` when it loads the location."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """All assets, checks, jobs and resources of the pipeline."""
+    from assets.checks import INGEST_CHECKS
+    from assets.cxr_images import cxr_images
+    from assets.ingest_quarantine import ingest_quarantine
+    from assets.source_manifest import source_manifest
+    from assets.studies import studies
+    from pipelines.jobs import JOBS
+    from pipelines.resources import PrivacyResource, RayResource, SourceResource, StorageResource
+
+    return dg.Definitions(
+        assets=[source_manifest, studies, cxr_images, ingest_quarantine],
+        asset_checks=INGEST_CHECKS,
+        jobs=JOBS,
+        resources={
+            "source": SourceResource(),
+            "storage": StorageResource(),
+            "privacy": PrivacyResource(),
+            "ray": RayResource(),
+        },
+    )

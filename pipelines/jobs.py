@@ -1,0 +1,13 @@
+"""Jobs: named asset selections users launch from the UI or the CLI."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.groups("ingest"),
+    description="Raw archive -> source manifest -> studies -> decoded image shards + quarantine.",
+)
+
+JOBS = [ingest_job]
