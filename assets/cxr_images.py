@@ -1,6 +1,5 @@
 """``cxr_images``: every usable image decoded to a model-ready uint8 array, in Parquet shards."""
 
-from __future__ import annotations
 
 import dataclasses
 from pathlib import Path

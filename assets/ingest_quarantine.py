@@ -1,6 +1,5 @@
 """``ingest_quarantine``: every file or record ingest could not use, with its reason."""
 
-from __future__ import annotations
 
 import dagster as dg
 import duckdb

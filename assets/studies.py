@@ -1,6 +1,5 @@
 """``studies``: images joined to their report per study; unmatched ones listed, not dropped."""
 
-from __future__ import annotations
 
 import dagster as dg
 import duckdb

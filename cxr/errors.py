@@ -35,6 +35,8 @@ class RejectReason(enum.StrEnum):
     """A report file that is not valid UTF-8/Latin-1 text, or is empty."""
     MISSING_IDENTIFIERS = "missing_identifiers"
     """An image with no study, patient or instance identifier in its header or path."""
+    DUPLICATE_INSTANCE = "duplicate_instance"
+    """A second file with the same SOPInstanceUID as an ingested one (same image twice)."""
     UNMATCHED_RECORD = "unmatched_record"
     """A CSV row whose image file does not exist (images-csv layout)."""
 

@@ -230,16 +230,17 @@ def scan_source(
                   ON l.rel_path = loc.rel_path AND l.size_bytes = loc.size_bytes
                  AND l.mtime_ns = loc.mtime_ns"""
             con.execute(f"CREATE TABLE unchanged AS {unchanged_sql}")
-            num_previous = con.execute(
-                f"SELECT count(*) FROM read_parquet('{manifest_path}')"
-            ).fetchone()[0]
+            num_removed = con.execute(
+                f"""SELECT count(*) FROM read_parquet('{locations_path}') loc
+                    ANTI JOIN read_parquet('{listing_path}') l ON l.rel_path = loc.rel_path"""
+            ).fetchall()[0][0]
         else:
             con.execute("CREATE TABLE unchanged (rel_path VARCHAR, file_id VARCHAR)")
-            num_previous = 0
-        to_scan = con.execute(
+            num_removed = 0
+        to_scan = con.sql(
             f"""SELECT l.* FROM read_parquet('{listing_path}') l
                 ANTI JOIN unchanged u ON l.rel_path = u.rel_path ORDER BY l.rel_path"""
-        ).fetch_record_batch(SCAN_BATCH_ROWS)
+        ).to_arrow_reader(SCAN_BATCH_ROWS)
         new_rows_path = tmp / "new_rows.parquet"
         num_rescanned = 0
         with pq.ParquetWriter(new_rows_path, MANIFEST_SCHEMA) as writer, ThreadPoolExecutor(
@@ -254,19 +255,19 @@ def scan_source(
             f"""SELECT m.* FROM read_parquet('{manifest_path}') m
                 SEMI JOIN unchanged u ON m.file_id = u.file_id"""
             if have_previous
-            else f"SELECT * FROM read_parquet('{new_rows_path}') LIMIT 0"
+            else f"SELECT * FROM read_parquet('{new_rows_path}') WHERE false"
         )
-        num_reused = con.execute("SELECT count(*) FROM unchanged").fetchone()[0]
-        manifest_reader = con.execute(
+        num_reused = con.execute("SELECT count(*) FROM unchanged").fetchall()[0][0]
+        manifest_reader = con.sql(
             f"""SELECT * FROM ({reused_sql} UNION ALL
                               SELECT * FROM read_parquet('{new_rows_path}'))
                 ORDER BY file_id"""
-        ).fetch_record_batch(SCAN_BATCH_ROWS)
+        ).to_arrow_reader(SCAN_BATCH_ROWS)
         _stream_to_parquet(manifest_reader, MANIFEST_SCHEMA, manifest_path)
-        pseudo_file_ids = con.execute(
+        pseudo_file_ids = con.sql(
             f"SELECT rel_path, size_bytes, mtime_ns FROM read_parquet('{listing_path}')"
             " ORDER BY rel_path"
-        ).fetch_record_batch(SCAN_BATCH_ROWS)
+        ).to_arrow_reader(SCAN_BATCH_ROWS)
         _stream_to_parquet(
             (
                 pa.RecordBatch.from_pylist(
@@ -281,9 +282,8 @@ def scan_source(
             LOCATIONS_SCHEMA,
             locations_path,
         )
-        num_files = con.execute(f"SELECT count(*) FROM read_parquet('{manifest_path}')").fetchone()[0]
+        num_files = con.execute(f"SELECT count(*) FROM read_parquet('{manifest_path}')").fetchall()[0][0]
         con.close()
-    num_removed = max(0, num_previous - num_reused)
     return ScanResult(
         num_files=num_files,
         num_rescanned=num_rescanned,

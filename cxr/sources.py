@@ -163,8 +163,17 @@ def classify(rel_path: str, spec: SourceSpec) -> tuple[FileKind, dict[str, str]]
 
 
 def list_source(spec: SourceSpec) -> Iterator[ListedFile]:
-    """Stream every file under the source root with its layout classification."""
-    for rel_path, stat in walk_files(spec.root):
+    """Stream every file of the archive with its layout classification.
+
+    For ``mimic-cxr`` the archive is the ``files/`` tree (the root also holds index CSVs,
+    licences and checksums that are not study data); other layouts scan the whole root.
+    """
+    root = Path(spec.root)
+    if spec.layout == "mimic-cxr" and (root / "files").is_dir():
+        listing = ((f"files/{rel}", st) for rel, st in walk_files(root / "files"))
+    else:
+        listing = walk_files(root)
+    for rel_path, stat in listing:
         kind, ids = classify(rel_path, spec)
         yield ListedFile(
             rel_path=rel_path,

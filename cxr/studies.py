@@ -134,7 +134,7 @@ def build_studies(
 
 
 def _header_rejections(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    table = con.execute(
+    table = con.sql(
         f"""SELECT file_id, file_id AS record_id, kind, 'manifest' AS stage,
                    header_status AS reason, header_detail AS detail,
                    'ImageRejected' AS exception_class
@@ -145,22 +145,36 @@ def _header_rejections(con: duckdb.DuckDBPyConnection) -> pa.Table:
 
 def _file_images(con: duckdb.DuckDBPyConnection, images_path: Path, rejected: Any) -> None:
     frontal = ", ".join(f"'{v}'" for v in FRONTAL_VIEWS)
-    reader = con.execute(
+    reader = con.sql(
         f"""SELECT image_id, study_id, patient_id, file_id, kind,
                    CASE WHEN upper(trim(view_position)) IN ('LATERAL', 'L', 'LAT') THEN 'LL'
                         WHEN trim(coalesce(view_position, '')) IN ('', '?') THEN NULL
                         ELSE upper(trim(view_position)) END AS view_position,
-                   coalesce(upper(trim(view_position)) IN ({frontal}), false) AS is_frontal
+                   coalesce(upper(trim(view_position)) IN ({frontal}), false) AS is_frontal,
+                   row_number() OVER (PARTITION BY image_id ORDER BY file_id) AS copy_rank
             FROM manifest
             WHERE kind IN ('dicom', 'raster') AND header_status = '{HEADER_OK}'
             ORDER BY image_id NULLS LAST, file_id"""
-    ).fetch_record_batch(BATCH_ROWS)
+    ).to_arrow_reader(BATCH_ROWS)
     with pq.ParquetWriter(images_path, STUDY_IMAGES_SCHEMA) as writer:
         for batch in reader:
             good, bad = [], []
             for row in batch.to_pylist():
                 missing = [k for k in ("image_id", "study_id", "patient_id") if not row[k]]
-                if missing:
+                if not missing and row["copy_rank"] > 1:
+                    bad.append(
+                        {
+                            "file_id": row["file_id"],
+                            "record_id": row["file_id"],
+                            "kind": row["kind"],
+                            "stage": "studies",
+                            "reason": RejectReason.DUPLICATE_INSTANCE.value,
+                            "detail": "another file carries the same SOPInstanceUID; the first "
+                            "(by file id) is ingested",
+                            "exception_class": None,
+                        }
+                    )
+                elif missing:
                     bad.append(
                         {
                             "file_id": row["file_id"],
@@ -174,7 +188,7 @@ def _file_images(con: duckdb.DuckDBPyConnection, images_path: Path, rejected: An
                         }
                     )
                 else:
-                    good.append(row)
+                    good.append({k: v for k, v in row.items() if k != "copy_rank"})
             writer.write_table(pa.Table.from_pylist(good, schema=STUDY_IMAGES_SCHEMA))
             if bad:
                 rejected.write_table(pa.Table.from_pylist(bad, schema=REJECTED_SCHEMA))
@@ -183,10 +197,10 @@ def _file_images(con: duckdb.DuckDBPyConnection, images_path: Path, rejected: An
 def _file_reports(
     spec: SourceSpec, con: duckdb.DuckDBPyConnection, reports_path: Path, rejected: Any
 ) -> None:
-    reader = con.execute(
+    reader = con.sql(
         """SELECT file_id, rel_path, study_id, accession_id, patient_id FROM manifest
            WHERE kind = 'report' ORDER BY file_id"""
-    ).fetch_record_batch(BATCH_ROWS)
+    ).to_arrow_reader(BATCH_ROWS)
     with pq.ParquetWriter(reports_path, REPORTS_SCHEMA) as writer:
         for batch in reader:
             good, bad = [], []
@@ -394,7 +408,7 @@ def _join(
         ("rejected", f"SELECT * FROM read_parquet('{rejected_path}') ORDER BY record_id"),
     ):
         target = out_dir / f"{name}.parquet"
-        reader = con.execute(sql).fetch_record_batch(BATCH_ROWS)
+        reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
         with atomic_path(target) as tmp_target, pq.ParquetWriter(
             tmp_target, reader.schema, compression="zstd"
         ) as writer:
@@ -406,11 +420,11 @@ def _join(
                    count(*) FILTER (WHERE match_status = 'images_without_report'),
                    count(*) FILTER (WHERE match_status = 'report_without_images')
             FROM read_parquet('{out_dir / "studies.parquet"}')"""
-    ).fetchone()
-    num_images = con.execute("SELECT count(*) FROM images").fetchone()[0]
+    ).fetchall()[0]
+    num_images = con.execute("SELECT count(*) FROM images").fetchall()[0][0]
     num_rejected = con.execute(
         f"SELECT count(*) FROM read_parquet('{out_dir / 'rejected.parquet'}')"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     return StudiesResult(
         num_studies=counts[0],
         num_images=num_images,

@@ -12,7 +12,6 @@ environment variable, then to a local default, resolved when a run starts (not a
 | ``RayResource.address`` | ``RAY_ADDRESS`` | a local Ray started on demand |
 """
 
-from __future__ import annotations
 
 import logging
 import os

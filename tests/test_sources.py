@@ -45,3 +45,16 @@ def test_listing_is_sorted_and_skips_hidden(tmp_path):
     (tmp_path / ".hidden" / "c.dcm").write_bytes(b"x")
     listed = [f.rel_path for f in list_source(SourceSpec(root=tmp_path, layout="dicom-tree"))]
     assert listed == ["a.dcm", "b/z.dcm"]
+
+
+def test_mimic_layout_scans_only_the_files_tree(tmp_path):
+    study = tmp_path / "files" / "p10" / "p10000001" / "s50000001"
+    study.mkdir(parents=True)
+    (study / "a.dcm").write_bytes(b"x")
+    (tmp_path / "files" / "p10" / "p10000001" / "s50000001.txt").write_text("FINDINGS: ok")
+    (tmp_path / "LICENSE.txt").write_text("licence")
+    listed = [(f.rel_path, f.kind) for f in list_source(SourceSpec(root=tmp_path))]
+    assert listed == [
+        ("files/p10/p10000001/s50000001.txt", "report"),
+        ("files/p10/p10000001/s50000001/a.dcm", "dicom"),
+    ]

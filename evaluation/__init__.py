@@ -1,0 +1,1 @@
+"""Benchmark tasks as plain torch/numpy modules (no dagster, no ray)."""
