@@ -1,6 +1,5 @@
 """Quality gates on the ingest assets. Blocking checks stop downstream materialization."""
 
-
 import dagster as dg
 import duckdb
 
@@ -20,9 +19,7 @@ def _images_glob(storage: StorageResource) -> str:
 
 
 @dg.asset_check(asset="cxr_images", blocking=True, description="Enough image files decode.")
-def decode_success_rate(
-    config: DecodeRateConfig, storage: StorageResource
-) -> dg.AssetCheckResult:
+def decode_success_rate(config: DecodeRateConfig, storage: StorageResource) -> dg.AssetCheckResult:
     """Of the image files ingest tried to decode, the fraction that decoded.
 
     Denominator: image files (DICOM + raster) in the manifest, minus those set aside at the
@@ -58,12 +55,16 @@ def decode_success_rate(
 @dg.asset_check(asset="cxr_images", blocking=True, description="No blank images in the shards.")
 def no_empty_images(storage: StorageResource) -> dg.AssetCheckResult:
     """Every decoded image has contrast (pixel std >= 1 grey level) and the expected size."""
-    row = duckdb.connect().execute(
-        f"""SELECT count(*), count(*) FILTER (WHERE pixel_std < 1.0),
+    row = (
+        duckdb.connect()
+        .execute(
+            f"""SELECT count(*), count(*) FILTER (WHERE pixel_std < 1.0),
                    count(*) FILTER (WHERE octet_length(pixels) <> height * width),
                    min(pixel_std), max(pixel_mean)
             FROM read_parquet('{_images_glob(storage)}')"""
-    ).fetchall()[0]
+        )
+        .fetchall()[0]
+    )
     total, flat, bad_size, min_std, max_mean = row
     return dg.AssetCheckResult(
         passed=total > 0 and flat == 0 and bad_size == 0,
@@ -83,7 +84,7 @@ def no_empty_images(storage: StorageResource) -> dg.AssetCheckResult:
     description="Every scanned file is ingested, used as a report, or quarantined.",
 )
 def every_file_accounted_for(storage: StorageResource) -> dg.AssetCheckResult:
-    """ingested + reports used + quarantined = scanned, per file and per study image."""
+    """Ingested + reports used + quarantined = scanned, per file and per study image."""
     manifest = storage.path(*paths.SOURCE_MANIFEST)
     study_images = storage.path(*paths.STUDY_IMAGES)
     studies = storage.path(*paths.STUDIES)

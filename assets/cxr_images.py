@@ -1,6 +1,5 @@
 """``cxr_images``: every usable image decoded to a model-ready uint8 array, in Parquet shards."""
 
-
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -124,8 +123,9 @@ def cxr_images(
         ray if config.use_ray else None,
     )
     content_hash = finalize_shards(
-        out_dir, summaries, {"pixel_config": dataclasses.asdict(pixel_config),
-                             "pixel_config_hash": config_hash}
+        out_dir,
+        summaries,
+        {"pixel_config": dataclasses.asdict(pixel_config), "pixel_config_hash": config_hash},
     )
     num_images = sum(s["num_images"] for s in summaries)
     num_rejected = sum(s["num_rejected"] for s in summaries)

@@ -1,6 +1,5 @@
 """``ingest_quarantine``: every file or record ingest could not use, with its reason."""
 
-
 import dagster as dg
 import duckdb
 
@@ -33,7 +32,8 @@ def ingest_quarantine(
     )
     with atomic_path(target) as tmp:
         con.execute(
-            f"COPY ({union} ORDER BY stage, record_id) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
+            f"COPY ({union} ORDER BY stage, record_id) TO '{tmp}' "
+            "(FORMAT parquet, COMPRESSION zstd)"
         )
     by_reason = con.execute(
         f"""SELECT reason, stage, count(*) AS n FROM read_parquet('{target}')

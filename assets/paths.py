@@ -1,6 +1,5 @@
 """Deterministic artifact locations under the storage root (one place, so assets agree)."""
 
-
 SOURCE_MANIFEST = ("source", "manifest.parquet")
 SOURCE_LOCATIONS = ("private", "locations.parquet")
 STUDIES_DIR = ("studies",)

@@ -1,6 +1,5 @@
 """``source_manifest``: every file under the source root, hashed, with its DICOM header facts."""
 
-
 import dagster as dg
 import duckdb
 

@@ -1,6 +1,5 @@
 """``studies``: images joined to their report per study; unmatched ones listed, not dropped."""
 
-
 import dagster as dg
 import duckdb
 

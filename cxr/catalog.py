@@ -1,5 +1,7 @@
-"""The DuckDB catalog: one database file under the storage root with views over every
-Parquet output, so ``duckdb <storage>/catalog.duckdb "select ..."`` works after a run.
+"""The DuckDB catalog: one database file under the storage root.
+
+It holds views over every Parquet output, so ``duckdb <storage>/catalog.duckdb "select ..."``
+works after a run.
 
 Writers serialise on a file lock next to the database and retry briefly when another process
 (a user's open ``duckdb`` shell, say) holds DuckDB's own lock, so concurrent runs never surface a

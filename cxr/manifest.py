@@ -243,9 +243,10 @@ def scan_source(
         ).to_arrow_reader(SCAN_BATCH_ROWS)
         new_rows_path = tmp / "new_rows.parquet"
         num_rescanned = 0
-        with pq.ParquetWriter(new_rows_path, MANIFEST_SCHEMA) as writer, ThreadPoolExecutor(
-            max_workers=num_threads
-        ) as pool:
+        with (
+            pq.ParquetWriter(new_rows_path, MANIFEST_SCHEMA) as writer,
+            ThreadPoolExecutor(max_workers=num_threads) as pool,
+        ):
             for batch in to_scan:
                 listed = [ListedFile(**row) for row in batch.to_pylist()]
                 rows = list(pool.map(lambda item: scan_file(item, spec, pseudo), listed))
@@ -282,7 +283,9 @@ def scan_source(
             LOCATIONS_SCHEMA,
             locations_path,
         )
-        num_files = con.execute(f"SELECT count(*) FROM read_parquet('{manifest_path}')").fetchall()[0][0]
+        num_files = con.execute(f"SELECT count(*) FROM read_parquet('{manifest_path}')").fetchall()[
+            0
+        ][0]
         con.close()
     return ScanResult(
         num_files=num_files,

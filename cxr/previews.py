@@ -59,8 +59,10 @@ def bar_chart_png(counts: Mapping[str, int], title: str) -> bytes:
 def markdown_image(png: bytes, alt: str = "preview") -> str:
     """Markdown that shows ``png`` inline (the Dagster UI renders data URIs)."""
     if len(png) > MAX_INLINE_BYTES:
-        raise ValueError(f"preview PNG is {len(png)} bytes; keep inline previews under "
-                         f"{MAX_INLINE_BYTES} (use fewer or smaller tiles)")
+        raise ValueError(
+            f"preview PNG is {len(png)} bytes; keep inline previews under "
+            f"{MAX_INLINE_BYTES} (use fewer or smaller tiles)"
+        )
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 

@@ -18,8 +18,14 @@ from pathlib import Path
 
 SALT_ENV_VAR = "CHEXMIX_ID_SALT"
 MIN_SALT_LENGTH = 16
-_PREFIXES = {"patient": "pat", "study": "stu", "series": "ser", "image": "img", "file": "fil",
-             "accession": "acc"}
+_PREFIXES = {
+    "patient": "pat",
+    "study": "stu",
+    "series": "ser",
+    "image": "img",
+    "file": "fil",
+    "accession": "acc",
+}
 
 
 @dataclass(frozen=True)

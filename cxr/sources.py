@@ -28,7 +28,9 @@ LAYOUTS: tuple[str, ...] = ("mimic-cxr", "dicom-tree", "images-csv")
 FileKind = Literal["dicom", "raster", "report", "report_table", "other"]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
-_MIMIC_IMAGE = re.compile(r"^(?:.*/)?files/p\d{2}/p(?P<subject>\d+)/s(?P<study>\d+)/(?P<image>[^/]+)$")
+_MIMIC_IMAGE = re.compile(
+    r"^(?:.*/)?files/p\d{2}/p(?P<subject>\d+)/s(?P<study>\d+)/(?P<image>[^/]+)$"
+)
 _MIMIC_REPORT = re.compile(r"^(?:.*/)?files/p\d{2}/p(?P<subject>\d+)/s(?P<study>\d+)\.txt$")
 
 

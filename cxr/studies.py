@@ -269,9 +269,10 @@ def _csv_records(
         )
     seen_reports: set[tuple[str, str]] = set()
     referenced: set[str] = set()
-    with pq.ParquetWriter(images_path, STUDY_IMAGES_SCHEMA) as images, pq.ParquetWriter(
-        reports_path, REPORTS_SCHEMA
-    ) as reports:
+    with (
+        pq.ParquetWriter(images_path, STUDY_IMAGES_SCHEMA) as images,
+        pq.ParquetWriter(reports_path, REPORTS_SCHEMA) as reports,
+    ):
         row_number = 0
         for batch in reader:
             image_rows, report_rows, bad = [], [], []
@@ -286,9 +287,7 @@ def _csv_records(
                     bad.append(_bad_record(record_id, None, "patient column is empty"))
                     continue
                 study_raw = (
-                    str(row.get(options.study_column) or "").strip()
-                    if options.study_column
-                    else ""
+                    str(row.get(options.study_column) or "").strip() if options.study_column else ""
                 ) or f"{patient}/{hashlib.sha256(text.encode()).hexdigest()[:16]}"
                 study_id = pseudo.hash_id("study", study_raw)
                 patient_id = pseudo.hash_id("patient", patient)
@@ -306,8 +305,12 @@ def _csv_records(
                 file_id = files.get(rel)
                 if file_id is None:
                     bad.append(
-                        _bad_record(record_id, None, f"image file {filename!r} not found or "
-                                    "unreadable under the image folder")
+                        _bad_record(
+                            record_id,
+                            None,
+                            f"image file {filename!r} not found or "
+                            "unreadable under the image folder",
+                        )
                     )
                     continue
                 referenced.add(rel)
@@ -409,9 +412,10 @@ def _join(
     ):
         target = out_dir / f"{name}.parquet"
         reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
-        with atomic_path(target) as tmp_target, pq.ParquetWriter(
-            tmp_target, reader.schema, compression="zstd"
-        ) as writer:
+        with (
+            atomic_path(target) as tmp_target,
+            pq.ParquetWriter(tmp_target, reader.schema, compression="zstd") as writer,
+        ):
             for batch in reader:
                 writer.write_batch(batch)
     counts = con.execute(

@@ -1,5 +1,8 @@
-"""The one Dagster code location. Built lazily: importing this module scans nothing, starts no
-Ray and opens no database; Dagster calls ``defs()`` when it loads the location."""
+"""The one Dagster code location.
+
+Built lazily: importing this module scans nothing, starts no Ray and opens no database; Dagster
+calls ``defs()`` when it loads the location.
+"""
 
 from __future__ import annotations
 

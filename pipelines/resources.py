@@ -8,10 +8,9 @@ environment variable, then to a local default, resolved when a run starts (not a
 | ``SourceResource.root`` | ``CHEXMIX_SOURCE_ROOT`` | ``data/demo`` (made by ``make demo``) |
 | ``SourceResource.layout`` | ``CHEXMIX_SOURCE_LAYOUT`` | ``mimic-cxr`` |
 | ``StorageResource.root`` | ``CHEXMIX_STORAGE_ROOT`` | ``storage`` |
-| ``PrivacyResource.salt`` | ``CHEXMIX_ID_SALT`` | a random secret kept in ``<storage>/private/id_salt`` |
+| ``PrivacyResource.salt`` | ``CHEXMIX_ID_SALT`` | random, kept in ``<storage>/private/id_salt`` |
 | ``RayResource.address`` | ``RAY_ADDRESS`` | a local Ray started on demand |
 """
-
 
 import logging
 import os
@@ -55,7 +54,9 @@ class StorageResource(dg.ConfigurableResource):
 class SourceResource(dg.ConfigurableResource):
     """The raw archive: where it is and which layout adapter reads it."""
 
-    root: str = Field(default="", description="Archive root; empty = $CHEXMIX_SOURCE_ROOT or ./data/demo")
+    root: str = Field(
+        default="", description="Archive root; empty = $CHEXMIX_SOURCE_ROOT or ./data/demo"
+    )
     layout: str = Field(
         default="", description=f"One of {LAYOUTS}; empty = $CHEXMIX_SOURCE_LAYOUT or mimic-cxr"
     )

@@ -18,8 +18,13 @@ os.environ.update(
         "TRANSFORMERS_OFFLINE": "1",
     }
 )
-for _var in ("CHEXMIX_SOURCE_ROOT", "CHEXMIX_SOURCE_LAYOUT", "CHEXMIX_STORAGE_ROOT",
-             "CHEXMIX_ID_SALT", "RAY_ADDRESS"):
+for _var in (
+    "CHEXMIX_SOURCE_ROOT",
+    "CHEXMIX_SOURCE_LAYOUT",
+    "CHEXMIX_STORAGE_ROOT",
+    "CHEXMIX_ID_SALT",
+    "RAY_ADDRESS",
+):
     os.environ.pop(_var, None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

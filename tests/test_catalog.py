@@ -1,3 +1,4 @@
+import contextlib
 import multiprocessing as mp
 
 import pyarrow as pa
@@ -40,8 +41,6 @@ def test_views_over_parquet_and_rollback(tmp_path):
         con.execute("CREATE TABLE t AS SELECT 1 AS y")
         raise RuntimeError("boom")
 
-    try:
+    with contextlib.suppress(RuntimeError):
         catalog.write(failing)
-    except RuntimeError:
-        pass
     assert catalog.read("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'") == [(0,)]

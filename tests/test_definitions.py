@@ -29,8 +29,9 @@ def test_importing_the_definitions_module_is_lazy():
         "heavy = [m for m in ('ray', 'torch', 'mlflow', 'pydicom', 'duckdb', 'assets.cxr_images')"
         " if m in sys.modules]; print(heavy)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -56,9 +56,13 @@ def materialize(archive: Path, storage: Path, use_ray: bool) -> dg.ExecuteInProc
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         resources=resources,
-        run_config={"ops": {"cxr_images": {"config": {"use_ray": use_ray,
-                                                        "images_per_shard": 16,
-                                                        "image_size": 128}}}},
+        run_config={
+            "ops": {
+                "cxr_images": {
+                    "config": {"use_ray": use_ray, "images_per_shard": 16, "image_size": 128}
+                }
+            }
+        },
         raise_on_error=True,
     )
     assert result.success
@@ -85,17 +89,19 @@ def test_every_check_passes_and_counts_add_up(first_run, archive):
     accounting = {k: v.value for k, v in checks["every_file_accounted_for"].metadata.items()}
     assert accounting["files_unaccounted"] == 0
     images = metadata(result, "cxr_images")
-    truth = list(csv.DictReader(open(archive / "ground_truth" / "images.csv")))
+    with open(archive / "ground_truth" / "images.csv") as handle:
+        truth = list(csv.DictReader(handle))
     assert images["num_images"] == len(truth) + len(REAL_FILES)
 
 
 def test_bad_files_are_quarantined_with_their_reason(first_run, archive):
     storage, _ = first_run
     pseudo = Pseudonymizer(TEST_SALT)
-    expected = {
-        pseudo.hash_id("file", row["path"]): row["expected_reason"]
-        for row in csv.DictReader(open(archive / "ground_truth" / "bad_files.csv"))
-    }
+    with open(archive / "ground_truth" / "bad_files.csv") as handle:
+        expected = {
+            pseudo.hash_id("file", row["path"]): row["expected_reason"]
+            for row in csv.DictReader(handle)
+        }
     assert len(expected) >= 8
     got = dict(
         duckdb.connect()
@@ -124,14 +130,16 @@ def test_real_dicoms_decode_exactly_and_monochrome1_is_inverted(first_run):
             (photometric, np.frombuffer(pixels, np.uint8).reshape(h, w))
         )
     lossless = by_syntax["1.2.840.10008.1.2.4.90"][0][1]
-    uncompressed = [a for p, a in by_syntax["1.2.840.10008.1.2.1"] if p == "MONOCHROME1"][0]
+    uncompressed = next(a for p, a in by_syntax["1.2.840.10008.1.2.1"] if p == "MONOCHROME1")
     np.testing.assert_array_equal(lossless, uncompressed)
     for _syntax, images in by_syntax.items():
         for _photometric, image in images:
             h, w = image.shape
-            lungs = np.r_[image[h // 3: 2 * h // 3, w // 8: w // 3].ravel(),
-                          image[h // 3: 2 * h // 3, 2 * w // 3: 7 * w // 8].ravel()]
-            spine = image[h // 3: 2 * h // 3, 7 * w // 16: 9 * w // 16]
+            lungs = np.r_[
+                image[h // 3 : 2 * h // 3, w // 8 : w // 3].ravel(),
+                image[h // 3 : 2 * h // 3, 2 * w // 3 : 7 * w // 8].ravel(),
+            ]
+            spine = image[h // 3 : 2 * h // 3, 7 * w // 16 : 9 * w // 16]
             assert lungs.mean() < spine.mean(), "lungs must be darker than the mediastinum"
 
 
@@ -139,8 +147,13 @@ def test_catalog_has_a_view_per_output(first_run):
     storage, _ = first_run
     con = duckdb.connect(str(storage / "catalog.duckdb"), read_only=True)
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
-    assert {"source_manifest", "studies", "study_images", "cxr_images",
-            "ingest_quarantine"} <= views
+    assert {
+        "source_manifest",
+        "studies",
+        "study_images",
+        "cxr_images",
+        "ingest_quarantine",
+    } <= views
     n = con.execute("SELECT count(*) FROM cxr_images").fetchall()[0][0]
     assert n > 0
     assert "private" not in " ".join(

@@ -66,7 +66,11 @@ def test_rescan_reads_only_new_or_changed_files(tree, tmp_path, shared_data):
     (tree / "a" / "IM0002.dcm").unlink()
     third = scan(spec, tmp_path)
     assert (third.num_files, third.num_rescanned, third.num_reused, third.num_removed) == (
-        3, 2, 1, 1)
+        3,
+        2,
+        1,
+        1,
+    )
 
 
 def test_dicom_tree_studies_link_reports_by_uid_or_accession(tree, tmp_path):
@@ -86,16 +90,18 @@ def test_dicom_tree_studies_link_reports_by_uid_or_accession(tree, tmp_path):
 
 
 def test_images_csv_layout_on_the_covid_collection(tmp_path, shared_data):
-    spec = SourceSpec(root=shared_data / "covid_chestxray", layout="images-csv",
-                      images_csv=ImagesCsvOptions())
+    spec = SourceSpec(
+        root=shared_data / "covid_chestxray", layout="images-csv", images_csv=ImagesCsvOptions()
+    )
     scan(spec, tmp_path)
     result = build_studies(
         spec, PSEUDO, tmp_path / "manifest.parquet", tmp_path / "locations.parquet", tmp_path / "s"
     )
     # 296 metadata rows, 291 distinct files (5 listed under two patients), 145 patients
     assert result.num_images == 296 and result.num_rejected == 0
-    patients = rows(tmp_path / "s" / "studies.parquet",
-                    "SELECT count(DISTINCT patient_id) AS n FROM t")[0]["n"]
+    patients = rows(
+        tmp_path / "s" / "studies.parquet", "SELECT count(DISTINCT patient_id) AS n FROM t"
+    )[0]["n"]
     assert patients == 145
     assert result.num_reports_without_images == 0 and result.num_images_without_report == 0
 
@@ -112,8 +118,9 @@ def test_images_csv_lists_missing_and_unreferenced_files(tmp_path, shared_data):
     )
     spec = SourceSpec(root=root, layout="images-csv")
     scan(spec, tmp_path)
-    build_studies(spec, PSEUDO, tmp_path / "manifest.parquet", tmp_path / "locations.parquet",
-                  tmp_path / "s")
+    build_studies(
+        spec, PSEUDO, tmp_path / "manifest.parquet", tmp_path / "locations.parquet", tmp_path / "s"
+    )
     rejected = rows(tmp_path / "s" / "rejected.parquet")
     details = sorted(r["detail"] for r in rejected)
     assert len(rejected) == 2 and all(r["reason"] == "unmatched_record" for r in rejected)

@@ -6,13 +6,25 @@ from cxr.sources import SourceSpec, classify, list_source
 @pytest.mark.parametrize(
     ("rel_path", "kind", "ids"),
     [
-        ("files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.dcm",
-         "dicom", {"raw_patient": "10000032", "raw_study": "50414267",
-                   "raw_image": "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"}),
-        ("files/p10/p10000032/s50414267.txt", "report",
-         {"raw_patient": "10000032", "raw_study": "50414267"}),
-        ("files/p10/p10000032/s50414267/abc.jpg", "raster",
-         {"raw_patient": "10000032", "raw_study": "50414267", "raw_image": "abc"}),
+        (
+            "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.dcm",
+            "dicom",
+            {
+                "raw_patient": "10000032",
+                "raw_study": "50414267",
+                "raw_image": "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014",
+            },
+        ),
+        (
+            "files/p10/p10000032/s50414267.txt",
+            "report",
+            {"raw_patient": "10000032", "raw_study": "50414267"},
+        ),
+        (
+            "files/p10/p10000032/s50414267/abc.jpg",
+            "raster",
+            {"raw_patient": "10000032", "raw_study": "50414267", "raw_image": "abc"},
+        ),
         ("index.html", "other", {}),
         ("files/p10/p10000032/notes.pdf", "other", {}),
     ],

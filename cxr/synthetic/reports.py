@@ -256,8 +256,18 @@ def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
 # Sentences per observation
 
 
-def finding_sentence(f: Finding, rng: np.random.Generator, impression: bool = False) -> Sentence:
-    """A sentence stating ``f`` (with its certainty); short forms when ``impression``."""
+def finding_sentence(
+    f: Finding,
+    rng: np.random.Generator,
+    impression: bool = False,
+    others: frozenset[str] = frozenset(),
+) -> Sentence:
+    """A sentence stating ``f`` (with its certainty); short forms when ``impression``.
+
+    ``others`` are the study's other stated observations: a sentence may also assert a
+    companion observation (consolidation or opacity "consistent with pneumonia") only when
+    the study does not state that observation itself.
+    """
     obs, unc = f.observation, f.certainty == "uncertain"
     label = f.label
     extra: tuple[tuple[str, float], ...] = ()
@@ -322,10 +332,7 @@ def finding_sentence(f: Finding, rng: np.random.Generator, impression: bool = Fa
         if unc:
             text = _pick(
                 rng,
-                [
-                    "Possible mild cardiomegaly.",
-                    "Questionable mild enlargement of the cardiac silhouette.",
-                ],
+                ["Possible mild cardiomegaly.", "Questionable mild cardiomegaly."],
             )
         elif impression:
             text = _pick(rng, [f"{_cap(sev)} cardiomegaly.", "Cardiomegaly."])
@@ -345,8 +352,9 @@ def finding_sentence(f: Finding, rng: np.random.Generator, impression: bool = Fa
             text = _pick(
                 rng,
                 [
-                    "Possible widening of the mediastinum.",
-                    "Questionable enlargement of the cardiomediastinal silhouette.",
+                    "Possible widened mediastinum.",
+                    "Questionable widened mediastinum.",
+                    "Cannot exclude a widened mediastinum.",
                 ],
             )
         elif impression:
@@ -469,6 +477,8 @@ def finding_sentence(f: Finding, rng: np.random.Generator, impression: bool = Fa
             text = f"{_cap(locadj)} pneumonia."
         else:
             choice = int(rng.integers(4))
+            if (choice == 2 and CO in others) or (choice == 3 and LO in others):
+                choice = 0
             if choice == 0:
                 text = f"{_cap(locadj)} pneumonia."
             elif choice == 1:
@@ -727,7 +737,6 @@ class _Builder:
             self.lines.append(f" {title}:  {inline}")
         else:
             self.lines.append(f" {title}:")
-            self.lines.append(" ")
         self.lines.append(" ")
 
     def paragraph(self, sentences: Sequence[Sentence], joiner: str) -> None:
@@ -762,7 +771,9 @@ def compose_report(
     joiner = "  " if rng.random() < 0.5 else " "
 
     # FINDINGS body: stated findings, then negatives, then neutral sentences, in MIMIC order.
-    body = [(_SLOT[f.observation], finding_sentence(f, rng)) for f in findings]
+    body = [
+        (_SLOT[f.observation], finding_sentence(f, rng, others=frozenset(stated))) for f in findings
+    ]
     negatives = negative_sentences(stated, rng, int(rng.integers(2, 5)))
     body += [(_SLOT[s.mentions[0][0]], s) for s in negatives]
     if stated & _PARENCHYMAL:
@@ -792,7 +803,8 @@ def compose_report(
         hour, minute = int(rng.integers(1, 13)), int(rng.integers(0, 60))
         builder.lines.append(f" WET READ: ___ ___ ___ {hour}:{minute:02d} {_pick(rng, ['AM', 'PM'])}")
         builder.sentences.extend(impression)
-        builder.lines.append(_wrap(" ".join(s.text for s in impression)).replace("\n ", "\n  "))
+        wet_text = _wrap(" ".join(s.text for s in impression))
+        builder.lines.append("\n".join(" " + line for line in wet_text.split("\n")))
         builder.lines.append(" " + "_" * 78)
         builder.lines.append(" ")
     builder.lines.append(" " * 33 + "FINAL REPORT")
