@@ -19,6 +19,7 @@ from cxr.images import (
 )
 from cxr.pixels import PixelConfig
 from cxr.previews import image_grid_png, markdown_image, markdown_table
+from pipelines.lineage import record_lineage
 from pipelines.resources import RayResource, SourceResource, StorageResource
 
 
@@ -136,6 +137,14 @@ def cxr_images(
     )
     glob = str(out_dir / "shard-[0-9][0-9][0-9][0-9][0-9].parquet")
     storage.catalog().register_views({"cxr_images": glob})
+    lineage = record_lineage(
+        context,
+        storage,
+        [str(out_dir / "_manifest.json"), glob],
+        content_hash,
+        inputs=["studies"],
+        config=config.model_dump(),
+    )
     metadata: dict[str, Any] = {
         "num_images": num_images,
         "num_rejected": num_rejected,
@@ -145,6 +154,7 @@ def cxr_images(
         "pixel_config_hash": config_hash,
         "path": dg.MetadataValue.path(str(out_dir)),
         "content_hash": content_hash,
+        **lineage,
     }
     if num_images:
         decoders = duckdb.sql(

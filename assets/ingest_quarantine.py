@@ -6,6 +6,7 @@ import duckdb
 from assets import paths
 from cxr.previews import bar_chart_png, markdown_image, markdown_table
 from cxr.storage import atomic_path, file_sha256
+from pipelines.lineage import record_lineage
 from pipelines.resources import StorageResource
 
 
@@ -51,6 +52,9 @@ def ingest_quarantine(
     total = sum(counts.values())
     context.log.info(f"{total} quarantined: {counts}")
     sha = file_sha256(target)
+    lineage = record_lineage(
+        context, storage, [str(target)], sha, inputs=["studies", "cxr_images"], config={}
+    )
     metadata = {
         "num_quarantined": total,
         **{f"reason/{reason}": n for reason, n in sorted(counts.items())},
@@ -67,6 +71,7 @@ def ingest_quarantine(
             )
         ),
         "sha256": sha,
+        **lineage,
     }
     if counts:
         metadata["reasons_chart"] = dg.MetadataValue.md(

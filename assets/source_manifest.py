@@ -6,6 +6,7 @@ import duckdb
 from assets import paths
 from cxr.manifest import scan_source
 from cxr.previews import markdown_table
+from pipelines.lineage import record_lineage
 from pipelines.resources import PrivacyResource, SourceResource, StorageResource
 
 
@@ -52,6 +53,14 @@ def source_manifest(
     ).fetchall()
     table = [dict(zip(("kind", "status", "files", "megabytes"), r, strict=True)) for r in by_kind]
     storage.catalog().register_views({"source_manifest": str(manifest_path)})
+    lineage = record_lineage(
+        context,
+        storage,
+        [str(manifest_path)],
+        result.manifest_sha256,
+        inputs=[],
+        config={"layout": spec.layout, "root": str(spec.root), **config.model_dump()},
+    )
     return dg.MaterializeResult(
         metadata={
             "num_files": result.num_files,
@@ -61,6 +70,7 @@ def source_manifest(
             "layout": spec.layout,
             "path": dg.MetadataValue.path(str(manifest_path)),
             "sha256": result.manifest_sha256,
+            **lineage,
             "files_by_kind": dg.MetadataValue.md(
                 markdown_table(table, ["kind", "status", "files", "megabytes"])
             ),

@@ -5,8 +5,8 @@ import duckdb
 
 from assets import paths
 from cxr.previews import markdown_table
-from cxr.storage import combined_hash, file_sha256
 from cxr.studies import build_studies
+from pipelines.lineage import content_hash_of, record_lineage
 from pipelines.resources import PrivacyResource, SourceResource, StorageResource
 
 
@@ -49,7 +49,15 @@ def studies(
         }
     )
     context.log.info(f"{result}")
-    digest = combined_hash([file_sha256(studies_path), file_sha256(images_path)])
+    digest = content_hash_of("studies", storage)
+    lineage = record_lineage(
+        context,
+        storage,
+        [str(studies_path), str(images_path), str(storage.path(*paths.STUDIES_REJECTED))],
+        digest,
+        inputs=["source_manifest"],
+        config={"layout": spec.layout},
+    )
     return dg.MaterializeResult(
         metadata={
             "num_studies": result.num_studies,
@@ -64,6 +72,7 @@ def studies(
                 markdown_table([{"view": v, "images": n} for v, n in views], ["view", "images"])
             ),
             "sha256": digest,
+            **lineage,
         },
         data_version=dg.DataVersion(digest),
     )

@@ -1,0 +1,58 @@
+"""Recording lineage from assets: canonical content hashes per asset and one catalog row per
+materialization (see ``cxr.lineage``)."""
+
+import json
+from typing import Any
+
+import dagster as dg
+
+from assets import paths
+from cxr.lineage import LineageRecord, record
+from cxr.storage import combined_hash, file_sha256
+from pipelines.resources import StorageResource
+
+
+def content_hash_of(asset_key: str, storage: StorageResource) -> str:
+    """The canonical content hash of an asset's current outputs (what a reader reads)."""
+    if asset_key == "source_manifest":
+        return file_sha256(storage.path(*paths.SOURCE_MANIFEST))
+    if asset_key == "studies":
+        return combined_hash(
+            [
+                file_sha256(storage.path(*p))
+                for p in (paths.STUDIES, paths.STUDY_IMAGES, paths.STUDIES_REJECTED)
+            ]
+        )
+    if asset_key == "cxr_images":
+        manifest = storage.path(*paths.IMAGES_DIR) / "_manifest.json"
+        return json.loads(manifest.read_text())["content_hash"]
+    if asset_key == "ingest_quarantine":
+        return file_sha256(storage.path(*paths.QUARANTINE))
+    raise KeyError(f"no content hash rule for asset {asset_key!r}")
+
+
+def record_lineage(
+    context: dg.AssetExecutionContext,
+    storage: StorageResource,
+    outputs: list[str],
+    content_hash: str,
+    inputs: list[str],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Write this materialization's lineage row; return metadata entries to attach."""
+    input_hashes = {name: content_hash_of(name, storage) for name in inputs}
+    rec = LineageRecord(
+        asset_key=context.asset_key.to_user_string(),
+        output_paths=[str(p) for p in outputs],
+        content_hash=content_hash,
+        inputs=input_hashes,
+        config=config,
+        run_id=context.run.run_id,
+        partition_key=context.partition_key if context.has_partition_key else None,
+    )
+    record(storage.catalog(), rec)
+    return {
+        "code_version": rec.code_version,
+        "config_hash": rec.config_hash,
+        **{f"input/{name}": value[:16] for name, value in input_hashes.items()},
+    }
