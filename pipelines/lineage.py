@@ -1,5 +1,7 @@
-"""Recording lineage from assets: canonical content hashes per asset and one catalog row per
-materialization (see ``cxr.lineage``)."""
+"""Recording lineage from assets.
+
+Canonical content hashes per asset, and one catalog row per materialization (``cxr.lineage``).
+"""
 
 import json
 from typing import Any
