@@ -132,15 +132,22 @@ def test_real_dicoms_decode_exactly_and_monochrome1_is_inverted(first_run):
     lossless = by_syntax["1.2.840.10008.1.2.4.90"][0][1]
     uncompressed = next(a for p, a in by_syntax["1.2.840.10008.1.2.1"] if p == "MONOCHROME1")
     np.testing.assert_array_equal(lossless, uncompressed)
-    for _syntax, images in by_syntax.items():
-        for _photometric, image in images:
+    baseline = dict(by_syntax["1.2.840.10008.1.2.4.50"])
+    # Fake_MONOHR1 is the SIIM image with only its header flag set to MONOCHROME1: a correct
+    # chain must therefore show it inverted relative to the true MONOCHROME2 file.
+    diff = np.abs(baseline["MONOCHROME1"].astype(int) - (255 - baseline["MONOCHROME2"].astype(int)))
+    assert diff.mean() < 1.0
+    for syntax, images in by_syntax.items():
+        for photometric, image in images:
+            if syntax == "1.2.840.10008.1.2.4.50" and photometric == "MONOCHROME1":
+                continue  # the deliberately mislabelled file
             h, w = image.shape
             lungs = np.r_[
                 image[h // 3 : 2 * h // 3, w // 8 : w // 3].ravel(),
                 image[h // 3 : 2 * h // 3, 2 * w // 3 : 7 * w // 8].ravel(),
             ]
             spine = image[h // 3 : 2 * h // 3, 7 * w // 16 : 9 * w // 16]
-            assert lungs.mean() < spine.mean(), "lungs must be darker than the mediastinum"
+            assert lungs.mean() < spine.mean(), (syntax, photometric)
 
 
 def test_catalog_has_a_view_per_output(first_run):
