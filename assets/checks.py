@@ -123,4 +123,38 @@ def every_file_accounted_for(storage: StorageResource) -> dg.AssetCheckResult:
     )
 
 
-INGEST_CHECKS = [decode_success_rate, no_empty_images, every_file_accounted_for]
+@dg.asset_check(asset="splits", blocking=True, description="No patient is in two splits.")
+def no_patient_in_two_splits(storage: StorageResource) -> dg.AssetCheckResult:
+    """Every patient's studies share one split; every study has exactly one row."""
+    splits_path = storage.path(*paths.SPLITS)
+    con = duckdb.connect()
+    leaking = con.execute(
+        f"""SELECT count(*) FROM (SELECT patient_id FROM read_parquet('{splits_path}')
+            GROUP BY patient_id HAVING count(DISTINCT split) > 1)"""
+    ).fetchall()[0][0]
+    duplicated = con.execute(
+        f"""SELECT count(*) FROM (SELECT study_id FROM read_parquet('{splits_path}')
+            GROUP BY study_id HAVING count(*) > 1)"""
+    ).fetchall()[0][0]
+    shared_images = con.execute(
+        f"""SELECT count(*) FROM (SELECT image_id FROM
+                (SELECT unnest(image_ids) AS image_id, split FROM read_parquet('{splits_path}'))
+            GROUP BY image_id HAVING count(DISTINCT split) > 1)"""
+    ).fetchall()[0][0]
+    con.close()
+    return dg.AssetCheckResult(
+        passed=leaking == 0 and duplicated == 0 and shared_images == 0,
+        metadata={
+            "patients_in_several_splits": leaking,
+            "studies_listed_twice": duplicated,
+            "images_in_several_splits": shared_images,
+        },
+    )
+
+
+ALL_CHECKS = [
+    decode_success_rate,
+    no_empty_images,
+    every_file_accounted_for,
+    no_patient_in_two_splits,
+]

@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "validate", "test")
-_OFFICIAL_ALIASES = {"train": "train", "validate": "validate", "val": "validate",
-                     "valid": "validate", "validation": "validate", "test": "test"}
+_OFFICIAL_ALIASES = {
+    "train": "train",
+    "validate": "validate",
+    "val": "validate",
+    "valid": "validate",
+    "validation": "validate",
+    "test": "test",
+}
 
 
 @dataclass(frozen=True)
@@ -82,3 +88,65 @@ def read_official_split(path: Path, hash_patient: Callable[[str], str]) -> dict[
                 "official split must be patient-level"
             )
     return by_patient
+
+
+def build_split_manifest(
+    studies_path: Path,
+    study_images_path: Path,
+    out_path: Path,
+    salt: str,
+    ratios: SplitRatios,
+    official: dict[str, str] | None = None,
+) -> dict[str, int]:
+    """Write the split manifest (one row per study) and return patients/studies per split.
+
+    ``study_hash`` is a content hash of the study's inputs (report text and image ids), so a
+    reader can tell which studies changed between two versions of the manifest.
+    """
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cxr.storage import atomic_path
+
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    reader = con.sql(
+        f"""SELECT s.patient_id, s.study_id,
+                   coalesce(list_sort(list(i.image_id) FILTER (i.image_id IS NOT NULL)),
+                            []::VARCHAR[]) AS image_ids,
+                   sha256(coalesce(any_value(s.report_text), '') || '|' ||
+                          coalesce(string_agg(i.image_id, ',' ORDER BY i.image_id), ''))
+                       AS study_hash
+            FROM read_parquet('{studies_path}') s
+            LEFT JOIN read_parquet('{study_images_path}') i USING (study_id)
+            GROUP BY s.patient_id, s.study_id ORDER BY s.study_id"""
+    ).to_arrow_reader(4096)
+    schema = pa.schema(
+        [
+            ("patient_id", pa.string()),
+            ("study_id", pa.string()),
+            ("image_ids", pa.list_(pa.string())),
+            ("split", pa.string()),
+            ("split_source", pa.string()),
+            ("study_hash", pa.string()),
+        ]
+    )
+    counts: dict[str, int] = {f"{kind}/{s}": 0 for kind in ("studies", "patients") for s in SPLITS}
+    seen_patients: set[str] = set()
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
+        for batch in reader:
+            rows = batch.to_pylist()
+            for row in rows:
+                patient = row["patient_id"]
+                if official is not None and patient in official:
+                    row["split"], row["split_source"] = official[patient], "official"
+                else:
+                    row["split"], row["split_source"] = hash_split(patient, salt, ratios), "hash"
+                counts[f"studies/{row['split']}"] += 1
+                if patient not in seen_patients:
+                    seen_patients.add(patient)
+                    counts[f"patients/{row['split']}"] += 1
+            out.write_table(pa.Table.from_pylist(rows, schema=schema))
+    con.close()
+    return counts

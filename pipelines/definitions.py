@@ -12,17 +12,18 @@ import dagster as dg
 @dg.definitions
 def defs() -> dg.Definitions:
     """All assets, checks, jobs and resources of the pipeline."""
-    from assets.checks import INGEST_CHECKS
+    from assets.checks import ALL_CHECKS
     from assets.cxr_images import cxr_images
     from assets.ingest_quarantine import ingest_quarantine
     from assets.source_manifest import source_manifest
+    from assets.splits import splits
     from assets.studies import studies
     from pipelines.jobs import JOBS
     from pipelines.resources import PrivacyResource, RayResource, SourceResource, StorageResource
 
     return dg.Definitions(
-        assets=[source_manifest, studies, cxr_images, ingest_quarantine],
-        asset_checks=INGEST_CHECKS,
+        assets=[source_manifest, studies, cxr_images, ingest_quarantine, splits],
+        asset_checks=ALL_CHECKS,
         jobs=JOBS,
         resources={
             "source": SourceResource(),

@@ -28,8 +28,14 @@ def content_hash_of(asset_key: str, storage: StorageResource) -> str:
     if asset_key == "cxr_images":
         manifest = storage.path(*paths.IMAGES_DIR) / "_manifest.json"
         return json.loads(manifest.read_text())["content_hash"]
-    if asset_key == "ingest_quarantine":
-        return file_sha256(storage.path(*paths.QUARANTINE))
+    single_file = {
+        "ingest_quarantine": paths.QUARANTINE,
+        "splits": paths.SPLITS,
+        "report_sections": paths.REPORT_SECTIONS,
+        "finding_labels": paths.FINDING_LABELS,
+    }
+    if asset_key in single_file:
+        return file_sha256(storage.path(*single_file[asset_key]))
     raise KeyError(f"no content hash rule for asset {asset_key!r}")
 
 

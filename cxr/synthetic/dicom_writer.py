@@ -347,7 +347,7 @@ def encode_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: UID) -> None
     ds.PixelData = np.ascontiguousarray(stored, dtype=dtype).tobytes()
     ds["PixelData"].VR = "OW"
     if transfer_syntax in COMPRESSED_SYNTAXES:
-        ds.compress(transfer_syntax, stored)
+        ds.compress(transfer_syntax, stored, generate_instance_uid=False)
     else:
         ds.file_meta.TransferSyntaxUID = transfer_syntax
 

@@ -53,19 +53,19 @@ PTX, PE, PO, FX, SD = (
 
 # Relative frequency of each observation among abnormal studies.
 _FINDING_WEIGHTS: dict[str, float] = {
-    PE: 0.14,
-    SD: 0.12,
-    CM: 0.11,
-    AT: 0.10,
-    LO: 0.10,
+    PE: 0.12,
+    SD: 0.10,
+    CM: 0.10,
+    AT: 0.09,
+    LO: 0.09,
     ED: 0.08,
-    PN: 0.07,
-    CO: 0.06,
-    PTX: 0.06,
-    LL: 0.05,
-    EC: 0.05,
-    FX: 0.03,
-    PO: 0.03,
+    PN: 0.08,
+    CO: 0.07,
+    PTX: 0.07,
+    LL: 0.07,
+    EC: 0.06,
+    FX: 0.05,
+    PO: 0.05,
 }
 _DEVICES = ("ett", "ng", "picc", "pacemaker", "chest_tube")
 _PARENCHYMAL = frozenset({LO, LL, ED, CO, PN, AT})
@@ -189,9 +189,15 @@ def _sample_one(observation: str, rng: np.random.Generator) -> Finding:
         zone=zone,
         device=device,
         rib={"upper": 4, "middle": 6, "lower": 8}[zone] + int(rng.integers(-1, 2)),
-        size_cm=round(float(rng.uniform(0.6, 2.6) if rng.random() < 0.8 else rng.uniform(3.1, 5)), 1),
+        size_cm=_lesion_size(rng),
         seed=int(rng.integers(0, 2**31 - 1)),
     )
+
+
+def _lesion_size(rng: np.random.Generator) -> float:
+    """Lesion diameter in cm: mostly nodules (< 3 cm), sometimes masses."""
+    size = rng.uniform(0.6, 2.6) if rng.random() < 0.8 else rng.uniform(3.1, 5.0)
+    return round(float(size), 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,7 +510,9 @@ def finding_sentence(
                 )
             )
         elif bilateral:
-            text = _pick(rng, [f"{_cap(sev)} bibasilar atelectasis.", "Bibasilar linear atelectasis."])
+            text = _pick(
+                rng, [f"{_cap(sev)} bibasilar atelectasis.", "Bibasilar linear atelectasis."]
+            )
         elif impression:
             text = f"{_cap(sev)} {side} basilar atelectasis."
         else:
@@ -680,13 +688,9 @@ _NORMAL_IMPRESSIONS = (
 )
 
 
-def negative_sentences(
-    excluded: set[str], rng: np.random.Generator, count: int
-) -> list[Sentence]:
+def negative_sentences(excluded: set[str], rng: np.random.Generator, count: int) -> list[Sentence]:
     """Up to ``count`` negations of observations not in ``excluded``, each negated once."""
-    pool = [
-        (text, obs) for text, obs in _NEGATIVES if not set(obs) & excluded
-    ]
+    pool = [(text, obs) for text, obs in _NEGATIVES if not set(obs) & excluded]
     chosen: list[Sentence] = []
     used: set[str] = set(excluded)
     order = rng.permutation(len(pool))
@@ -711,9 +715,7 @@ def aggregate_labels(sentences: Sequence[Sentence]) -> dict[str, float | None]:
             values.setdefault(obs, []).append(value)
     labels: dict[str, float | None] = dict.fromkeys(OBSERVATIONS)
     for obs, seen in values.items():
-        labels[obs] = (
-            POSITIVE if POSITIVE in seen else UNCERTAIN if UNCERTAIN in seen else NEGATIVE
-        )
+        labels[obs] = POSITIVE if POSITIVE in seen else UNCERTAIN if UNCERTAIN in seen else NEGATIVE
     abnormal = any(labels[o] in (POSITIVE, UNCERTAIN) for o in PATHOLOGIES)
     labels["No Finding"] = None if abnormal else POSITIVE
     return labels
@@ -734,7 +736,7 @@ class _Builder:
 
     def section(self, title: str, inline: str | None = None) -> None:
         if inline is not None:
-            self.lines.append(f" {title}:  {inline}")
+            self.lines.append(_wrap(f"{title}:  {inline}"))
         else:
             self.lines.append(f" {title}:")
         self.lines.append(" ")
@@ -780,10 +782,17 @@ def compose_report(
         if rng.random() < 0.5 and ED not in stated:
             body.append((1.5, Sentence("The lungs are otherwise clear.")))
     else:
-        lungs_clear = ["The lungs are clear.", "Lungs are clear.", "The lungs are well expanded and clear."]
+        lungs_clear = [
+            "The lungs are clear.",
+            "Lungs are clear.",
+            "The lungs are well expanded and clear.",
+        ]
         body.append((0.5, Sentence(_pick(rng, lungs_clear))))
     if FX not in stated and rng.random() < 0.5:
-        bones = ["No acute osseous abnormality.", "The visualized osseous structures are unremarkable."]
+        bones = [
+            "No acute osseous abnormality.",
+            "The visualized osseous structures are unremarkable.",
+        ]
         body.append((5, Sentence(_pick(rng, bones))))
     order = [0, 1, 2, 3, 4, 5] if rng.random() < 0.6 else [0, 3, 1, 2, 4, 5]
     body.sort(key=lambda item: (order.index(int(item[0])) if int(item[0]) in order else 9, item[0]))
@@ -801,7 +810,8 @@ def compose_report(
     builder = _Builder()
     if wet_read:
         hour, minute = int(rng.integers(1, 13)), int(rng.integers(0, 60))
-        builder.lines.append(f" WET READ: ___ ___ ___ {hour}:{minute:02d} {_pick(rng, ['AM', 'PM'])}")
+        noon = _pick(rng, ["AM", "PM"])
+        builder.lines.append(f" WET READ: ___ ___ ___ {hour}:{minute:02d} {noon}")
         builder.sentences.extend(impression)
         wet_text = _wrap(" ".join(s.text for s in impression))
         builder.lines.append("\n".join(" " + line for line in wet_text.split("\n")))
@@ -809,8 +819,10 @@ def compose_report(
         builder.lines.append(" ")
     builder.lines.append(" " * 33 + "FINAL REPORT")
 
-    views = f"{exam.frontal} AND LAT" if exam.lateral else (
-        "PORTABLE AP" if exam.frontal == "AP" else "PA"
+    views = (
+        f"{exam.frontal} AND LAT"
+        if exam.lateral
+        else ("PORTABLE AP" if exam.frontal == "AP" else "PA")
     )
     builder.lines.append(f" EXAMINATION:  CHEST ({views})")
     builder.lines.append(" ")

@@ -1,0 +1,783 @@
+"""Rule-based CheXpert-14 labeler: a surface-pattern port of the CheXpert labeler's logic.
+
+The official labeler (stanfordmlgroup/chexpert-labeler) runs three stages per sentence:
+
+1. **Extract**: find mention phrases of each observation (``phrases/mention/*.txt``), dropping
+   matches that overlap an exclusion phrase (``phrases/unmention/*.txt`` plus positional
+   phrases such as "in the heart" built from the Cardiomegaly / Enlarged Cardiomediastinum
+   lists).
+2. **Classify**: decide each mention's polarity with NegBio Semgrex patterns over a
+   dependency parse, in the order pre-negation uncertainty -> negation -> post-negation
+   uncertainty (``patterns/*.txt``).
+3. **Aggregate**: per observation, positive beats uncertain beats negative; a positive or
+   uncertain "chf" / "heart failure" adds an uncertain Cardiomegaly; No Finding is 1 unless
+   some mention other than Support Devices (the 12 pathologies *and* the "other findings"
+   list ``no_finding.txt``, e.g. emphysema, granuloma) is positive or uncertain, else blank.
+
+The phrase lists are read at run time from the rules directory. We have no dependency parser
+offline, so stage 2 is a surface approximation: trigger words and phrases taken from the
+pattern files, each with a direction (a forward trigger governs mentions after it, a backward
+trigger governs mentions before it that are separated only by copulas, adverbs and other
+mentions, as in "heart size is normal") and a scope that ends at clause boundaries (". ",
+";", "but", "however", "although", "which", "except", "with", a comma that starts a new
+statement, ...). Approximations, all deliberate:
+
+- Mentions match at word starts, case-insensitively (the official labeler matches raw
+  substrings); a leading ``cardio`` is also allowed before ``mediastin...`` phrases so that
+  "cardiomediastinal silhouette" still mentions Enlarged Cardiomediastinum as it does
+  officially. ``_`` in a phrase marks a word boundary.
+- A few extra exclusions fix substring accidents of the phrase lists: "plate-like
+  atelectasis", "tuberculosis", "Kerley B lines", "septal lines" and "pleural line" are not
+  Support Devices.
+- "no change in X" / "no increase in X" do not negate X (pseudo-negations, as in NegEx).
+- "X, Y or Z" lists: only the items adjacent to "or" / "versus" become uncertain.
+- "X is not seen / identified / enlarged" negate; "not well seen", "not visualized",
+  "not evaluated" and "not appreciated" are uncertain, as the post-negation file says.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_RULES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "chexpert_labeler_rules"
+"""The CheXpert phrase and pattern files next to the repo (``../shared/data``)."""
+
+OBSERVATIONS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+"""The 14 CheXpert observations, in output order."""
+
+NO_FINDING = "No Finding"
+SUPPORT_DEVICES = "Support Devices"
+CARDIOMEGALY = "Cardiomegaly"
+ENLARGED_CM = "Enlarged Cardiomediastinum"
+EDEMA = "Edema"
+PATHOLOGIES: tuple[str, ...] = OBSERVATIONS[1:-1]
+"""The 12 observations that rule out No Finding when positive or uncertain."""
+
+POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
+UNCERTAINTY_POLICIES: tuple[str, ...] = ("u_ones", "u_zeros", "ignore")
+
+# Deliberate extra exclusions (see module docstring): observation -> phrases.
+EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
+    SUPPORT_DEVICES: (
+        "plate-like",
+        "platelike",
+        "plate like",
+        "tubercul",
+        "kerley b line",
+        "kerley line",
+        "septal line",
+        "pleural line",
+    ),
+}
+
+# Edema mentions that are uncertain by themselves (post-negation file, last rules).
+_ALWAYS_UNCERTAIN = {
+    EDEMA: ("vascular congestion", "pulmonary congestion", "indistinctness", "vascular prominence")
+}
+# Head lemmas of the "stable/unchanged silhouette" rule (post-negation file, first rules).
+_STABLE_HEADS = frozenset(
+    {
+        "cardiomediastinal",
+        "pericardial",
+        "mediastinal",
+        "mediastinum",
+        "cardiomediastinum",
+        "contour",
+        "contours",
+        "configuration",
+        "silhouette",
+        "silhouettes",
+        "size",
+        "heart",
+        "shadow",
+    }
+)
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[^\sa-z0-9]")
+
+# Tokens that end every scope (clause boundaries).
+_HARD_BREAKS = frozenset(
+    {
+        ";",
+        ":",
+        ".",
+        "!",
+        "but",
+        "however",
+        "although",
+        "though",
+        "whereas",
+        "while",
+        "which",
+        "except",
+        "apart",
+        "aside",
+        "besides",
+        "nevertheless",
+        "yet",
+        "otherwise",
+        "instead",
+    }
+)
+# Tokens that end a forward scope (a new noun phrase attached by a preposition).
+_SOFT_BREAKS = frozenset({"with", "given", "due", "after", "because"})
+# A comma or "and" followed by one of these starts a new statement.
+_STATEMENT_STARTS = frozenset(
+    {
+        "there",
+        "the",
+        "this",
+        "these",
+        "it",
+        "a",
+        "an",
+        "which",
+        "with",
+        "is",
+        "are",
+        "was",
+        "were",
+        "has",
+        "have",
+        "new",
+        "small",
+        "large",
+        "moderate",
+        "mild",
+        "minimal",
+        "trace",
+        "tiny",
+        "severe",
+        "marked",
+        "stable",
+        "unchanged",
+        "persistent",
+        "residual",
+        "increased",
+        "increasing",
+        "decreased",
+        "decreasing",
+        "improved",
+        "improving",
+        "worsened",
+        "worsening",
+        "interval",
+        "possible",
+        "possibly",
+        "probable",
+        "likely",
+        "may",
+        "some",
+        "focal",
+        "patchy",
+        "left",
+        "right",
+        "bilateral",
+    }
+)
+_COPULAS = frozenset(
+    {"is", "are", "was", "were", "seen", "noted", "identified", "present", "demonstrated"}
+)
+# Words allowed between a mention and a backward trigger ("heart size is top normal").
+_FILLER = frozenset(
+    {
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "has",
+        "have",
+        "had",
+        "appears",
+        "appear",
+        "appeared",
+        "remains",
+        "remain",
+        "remained",
+        "seems",
+        "seem",
+        "looks",
+        "look",
+        "now",
+        "otherwise",
+        "again",
+        "still",
+        "also",
+        "overall",
+        "grossly",
+        "essentially",
+        "generally",
+        "largely",
+        "currently",
+        "radiographically",
+        "both",
+        "within",
+        "at",
+        "on",
+        "of",
+        "in",
+        "the",
+        "a",
+        "and",
+        "upper",
+        "top",
+        "high",
+        "low",
+        "limits",
+        "limit",
+        "size",
+        "sizes",
+        "contour",
+        "contours",
+        "silhouette",
+        "configuration",
+        "mediastinum",
+        "mediastinal",
+        "cardiomediastinal",
+        "hilar",
+        "hila",
+        "hilum",
+        "pulmonary",
+        "vascularity",
+        "vasculature",
+        "cardiac",
+        "heart",
+        "lung",
+        "lungs",
+        "left",
+        "right",
+        "bilateral",
+        "side",
+        "base",
+        "bases",
+        "apex",
+        "previously",
+        "previous",
+        "prior",
+        "seen",
+        "noted",
+        "described",
+        "visualized",
+        "demonstrated",
+        "identified",
+        "this",
+        "today",
+        "study",
+        "examination",
+        "exam",
+        "completely",
+        "entirely",
+        "fully",
+        "since",
+        "interval",
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Trigger:
+    """A surface trigger: a regex over space-joined tokens, its kind, direction and reach."""
+
+    pattern: re.Pattern[str]
+    kind: str  # "pre", "neg" or "post"
+    direction: str  # "fwd", "bwd" or "both"
+    reach: int  # max tokens between trigger and mention
+
+
+def _trig(words: str, kind: str, direction: str, reach: int = 30) -> list[_Trigger]:
+    """Compiles top-level ``|``-separated alternatives into token-aligned trigger regexes."""
+    alternatives, depth, current = [], 0, ""
+    for char in words:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "|" and depth == 0:
+            alternatives.append(current)
+            current = ""
+        else:
+            current += char
+    alternatives.append(current)
+    return [
+        _Trigger(re.compile(rf"(?<!\S)(?:{alt})(?!\S)"), kind, direction, reach)
+        for alt in alternatives
+    ]
+
+
+# Stage 1 (pre_negation_uncertainty.txt): cannot exclude / rule out, not excluded, no new.
+_PRE = [
+    *_trig(
+        r"cannot exclude|can not exclude|could not exclude|cannot rule out|can not rule out|"
+        r"not rule out|difficult to exclude|no evidence to rule out|cannot be excluded for",
+        "pre",
+        "fwd",
+    ),
+    *_trig(
+        r"(?:cannot|can not|could not|can't|may not|might not|is not|are not|not) "
+        r"(?:be )?(?:entirely |completely |totally |definitely )?(?:excluded|ruled out)",
+        "pre",
+        "bwd",
+        8,
+    ),
+    *_trig(r"no new|no new area of|no evidence of new", "pre", "fwd", 6),
+]
+# Stage 2 (negation.txt).
+_NEG = [
+    *_trig(
+        r"no|without|negative for|free of|absence of|resolution of|clearing of|clear of|"
+        r"removal of|disappearance of|drainage of|rather than|history of|rule out|ruled out|"
+        r"to exclude|exclude|excluded|never|none|nor|no longer|no evidence of|no sign of",
+        "neg",
+        "fwd",
+    ),
+    *_trig(r"not|absent|resolved|cleared|removed", "neg", "fwd", 3),
+    *_trig(r"normal|unremarkable|within normal limits", "neg", "fwd", 5),
+    *_trig(
+        r"not(?! (?:well|clearly|entirely|completely|definitely|be|excluded|ruled|appreciated|"
+        r"visualized|evaluated|assessed|changed|significantly|change))|no longer|normal|"
+        r"unremarkable|resolved|removed|cleared|absent|negative|been removed|resolving completely",
+        "neg",
+        "bwd",
+        8,
+    ),
+]
+# Stage 3 (post_negation_uncertainty.txt).
+_POST = [
+    *_trig(
+        r"possible|possibly|probable|probably|presumably|presumed|questionable|questionably|"
+        r"question of|suspect|suspected|suspicious|suspicion|concern|concerning|worrisome|"
+        r"may|might|could|would|likely|unlikely|less likely|suggest|suggests|suggested|"
+        r"suggestive|suggesting|suggestion of|consider|considered|consideration|favor|"
+        r"favored|favoring|favour|differential|versus|vs|borderline|equivocal|indeterminate|"
+        r"uncertain|perhaps|maybe|correlate|correlation|not well|poorly|incompletely|"
+        r"cannot|can not",
+        "post",
+        "fwd",
+    ),
+    *_trig(r"\?|secondary to|obscured|obscuring|obscures", "post", "fwd", 3),
+    *_trig(
+        r"possible|suspected|questioned|likely|unlikely|may|might|could|versus|vs|\?|"
+        r"borderline|not (?:well |clearly )?(?:seen|visualized|evaluated|assessed|appreciated)|"
+        r"poorly|incompletely|obscured|a consideration|not clearly",
+        "post",
+        "bwd",
+        8,
+    ),
+]
+# Pseudo-negations: matched spans suppress negation triggers inside them (NegEx style).
+_PSEUDO = re.compile(
+    r"(?<!\S)(?:no|not|without)(?: significant| appreciable| substantial| definite| significantly"
+    r"| interval| other| major)* (?:change|changes|changed|increase|decrease|increased|"
+    r"decreased|improvement|worsening|progression|only)(?!\S)"
+)
+# Stable/unchanged rule for cardiac and mediastinal silhouettes (post-negation, first rules).
+_STABLE_FWD = re.compile(
+    r"(?<!\S)(?:stable|unchanged|no (?:significant |interval )*change in)(?!\S)"
+)
+_STABLE_BWD = re.compile(
+    r"(?<!\S)(?:stable|unchanged|similar to (?:the )?(?:prior|previous)|"
+    r"(?:not|no) (?:significantly )?change[ds]?)(?!\S)"
+)
+_OR = frozenset({"or", "versus", "vs"})
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One mention found in a report.
+
+    Attributes:
+        observation: Observation name (or "No Finding" for the other-findings list).
+        text: The matched text.
+        sentence: The (cleaned, lower-case) sentence it is in.
+        start: Character offset in the sentence.
+        end: End offset in the sentence.
+        value: 1.0 positive, 0.0 negative, -1.0 uncertain.
+        rule: Which stage decided: "positive", "pre", "neg", "post", "or", "stable" or
+            "always_uncertain".
+    """
+
+    observation: str
+    text: str
+    sentence: str
+    start: int
+    end: int
+    value: float
+    rule: str
+
+
+def _phrase_regex(phrase: str) -> str:
+    """Regex for a mention phrase: word start, ``_`` = word boundary, optional ``cardio``."""
+    core = phrase.strip()
+    end = r"(?![a-z0-9])" if core.endswith("_") else ""
+    words = core.strip("_").replace("_", " ").lower().split()
+    body = r"\s+".join(re.escape(w) for w in words)
+    prefix = "(?:cardio)?" if words and words[0].startswith("mediastin") else ""
+    return rf"(?<![a-z0-9]){prefix}{body}{end}"
+
+
+def _read_phrases(directory: Path) -> dict[str, list[str]]:
+    """Phrase lists by observation name (file stem ``lung_opacity`` -> ``Lung Opacity``)."""
+    out: dict[str, list[str]] = {}
+    if not directory.is_dir():
+        return out
+    for file in sorted(directory.glob("*.txt")):
+        name = file.stem.replace("_", " ").title()
+        lines = file.read_text(encoding="utf-8").splitlines()
+        out[name] = [line.strip() for line in lines if line.strip()]
+    return out
+
+
+def clean_text(text: str) -> str:
+    """The CheXpert loader's cleaning: lower case, "and/or" -> "or", "a/b" -> "a or b"."""
+    out = text.lower()
+    out = out.replace("and/or", "or")
+    out = re.sub(r"(?<=[a-z])/(?=[a-z])", " or ", out)
+    out = out.replace("..", ".")
+    out = re.sub(r"([.,])(?=[a-z])", r"\1 ", out)
+    return out
+
+
+_NO_SPLIT_ABBREV = re.compile(r"(?:\b(?:vs|e\.g|i\.e|approx|dr|mr|mrs|ms|no|st|fig)\.)$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits cleaned report text into sentences (paragraphs, then ``. `` / ``! `` / ``? ``).
+
+    A ``?`` only ends a sentence when followed by an upper-case letter in the original
+    text ("? pneumonia" stays a question mark inside a sentence).
+    """
+    sentences: list[str] = []
+    for paragraph in re.split(r"\n\s*\n|\n(?=\s*\d+[.)]\s)", text or ""):
+        flat = " ".join(paragraph.split())
+        if not flat:
+            continue
+        start = 0
+        for match in re.finditer(r"(?<=[.!])\s+|(?<=\?)\s+(?=[A-Z])", flat):
+            piece = flat[start : match.start()]
+            if _NO_SPLIT_ABBREV.search(piece.lower()):
+                continue
+            if piece.strip():
+                sentences.append(piece.strip())
+            start = match.end()
+        if flat[start:].strip():
+            sentences.append(flat[start:].strip())
+    return sentences
+
+
+class CheXpertLabeler:
+    """The CheXpert labeler's extract / classify / aggregate logic on surface patterns.
+
+    Args:
+        mention_phrases: Observation -> mention phrases (as in ``phrases/mention``).
+        unmention_phrases: Observation -> exclusion phrases (as in ``phrases/unmention``).
+        extra_unmentions: Add :data:`EXTRA_UNMENTIONS` (substring-accident fixes).
+    """
+
+    def __init__(
+        self,
+        mention_phrases: dict[str, Sequence[str]],
+        unmention_phrases: dict[str, Sequence[str]] | None = None,
+        extra_unmentions: bool = True,
+    ) -> None:
+        unknown = set(mention_phrases) - set(OBSERVATIONS)
+        if unknown:
+            raise ValueError(f"unknown observations in phrase lists: {sorted(unknown)}")
+        self.mention_phrases = {k: list(v) for k, v in mention_phrases.items()}
+        unmentions = {k: list(v) for k, v in (unmention_phrases or {}).items()}
+        unmentions = self._add_positional_unmentions(unmentions)
+        if extra_unmentions:
+            for obs, phrases in EXTRA_UNMENTIONS.items():
+                unmentions.setdefault(obs, []).extend(phrases)
+        self.unmention_phrases = unmentions
+        self._mentions = [
+            (obs, phrase, re.compile(_phrase_regex(phrase)))
+            for obs in OBSERVATIONS
+            for phrase in self.mention_phrases.get(obs, [])
+            if phrase.strip("_ ")
+        ]
+        self._unmentions = {
+            obs: [re.compile(_phrase_regex(p)) for p in phrases if p.strip("_ ")]
+            for obs, phrases in unmentions.items()
+        }
+
+    def _add_positional_unmentions(
+        self, unmentions: dict[str, list[str]]
+    ) -> dict[str, list[str]]:
+        """Official positional exclusions: "over the / in the (left|right|superior) heart"."""
+        positions = [
+            f"{a}{b}"
+            for a in ("over the", "overly the", "in the")
+            for b in ("", " superior", " left", " right")
+        ]
+        cardio = [
+            p.replace("_", " ").strip().replace("the ", "")
+            for p in self.mention_phrases.get(CARDIOMEGALY, [])
+            if p.strip() not in ("cardiomegaly", "cardiac enlargement")
+        ]
+        mediastinal = [
+            p.replace("_", " ").strip() for p in self.mention_phrases.get(ENLARGED_CM, [])
+        ]
+        unmentions[CARDIOMEGALY] = [f"{a} {m}" for a in positions for m in cardio]
+        unmentions[ENLARGED_CM] = [f"{a} {m}" for a in positions for m in mediastinal]
+        return unmentions
+
+    @classmethod
+    def from_rules_dir(cls, path: str | Path | None = None) -> CheXpertLabeler:
+        """Loads the phrase lists from a CheXpert-labeler rules directory.
+
+        Args:
+            path: Directory with ``phrases/mention`` and ``phrases/unmention``; default
+                :data:`DEFAULT_RULES_DIR`.
+
+        Raises:
+            FileNotFoundError: No mention phrase lists under ``path``.
+        """
+        root = Path(path) if path is not None else DEFAULT_RULES_DIR
+        mentions = _read_phrases(root / "phrases" / "mention")
+        if not mentions:
+            raise FileNotFoundError(f"no CheXpert mention phrase lists under {root / 'phrases'}")
+        return cls(mentions, _read_phrases(root / "phrases" / "unmention"))
+
+    # ---------------------------------------------------------------- extraction
+    def _extract(self, sentence: str) -> list[tuple[str, str, int, int]]:
+        """(observation, phrase, start, end) for every mention in one cleaned sentence."""
+        found = []
+        for obs, phrase, regex in self._mentions:
+            for match in regex.finditer(sentence):
+                start, end = match.span()
+                if any(
+                    u.start() < end and u.end() > start
+                    for unmention in self._unmentions.get(obs, [])
+                    for u in unmention.finditer(sentence)
+                ):
+                    continue
+                found.append((obs, phrase, start, end))
+        return found
+
+    # ---------------------------------------------------------------- classification
+    @staticmethod
+    def _tokens(sentence: str) -> list[tuple[str, int, int]]:
+        return [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(sentence)]
+
+    @staticmethod
+    def _trigger_spans(joined: str, offsets: list[int], triggers: list[_Trigger]):
+        """Token spans (start, end, trigger) of every trigger match in the joined tokens."""
+        spans = []
+        for trig in triggers:
+            for match in trig.pattern.finditer(joined):
+                first = _token_at(offsets, match.start())
+                last = _token_at(offsets, match.end() - 1) + 1
+                spans.append((first, last, trig))
+        return spans
+
+    @staticmethod
+    def _forward_ok(words: list[str], t_end: int, m_start: int, reach: int) -> bool:
+        """Whether a trigger ending at token ``t_end`` governs a mention at ``m_start``."""
+        if t_end > m_start or m_start - t_end > reach:
+            return False
+        seen_copula = False
+        for i in range(t_end, m_start):
+            word = words[i]
+            nxt = words[i + 1] if i + 1 < len(words) else ""
+            if word in _HARD_BREAKS or word in _SOFT_BREAKS:
+                return False
+            if word in _COPULAS:
+                seen_copula = True
+            if word in (",", "and") and (nxt in _STATEMENT_STARTS or seen_copula):
+                return False
+            if word == "," and i + 1 == m_start and seen_copula:
+                return False
+        return True
+
+    @staticmethod
+    def _backward_ok(
+        words: list[str], m_end: int, t_start: int, reach: int, mention_tokens: set[int]
+    ) -> bool:
+        """Whether a trigger starting at ``t_start`` governs a mention ending at ``m_end``."""
+        if t_start < m_end or t_start - m_end > reach:
+            return False
+        return all(words[i] in _FILLER or i in mention_tokens for i in range(m_end, t_start))
+
+    def _classify_sentence(self, sentence: str, found: list[tuple[str, str, int, int]]):
+        tokens = self._tokens(sentence)
+        words = [t[0] for t in tokens]
+        joined = " ".join(words)
+        offsets, pos = [], 0
+        for word in words:
+            offsets.append(pos)
+            pos += len(word) + 1
+        spans: dict[tuple[int, int], tuple[int, int]] = {}
+        mention_tokens: set[int] = set()
+        for _, _, start, end in found:
+            first = next((i for i, t in enumerate(tokens) if t[2] > start), len(tokens))
+            last = next((i for i, t in enumerate(tokens) if t[1] >= end), len(tokens))
+            spans[(start, end)] = (first, max(last, first + 1))
+            mention_tokens.update(range(first, max(last, first + 1)))
+        pseudo = [
+            (_token_at(offsets, m.start()), _token_at(offsets, m.end() - 1) + 1)
+            for m in _PSEUDO.finditer(joined)
+        ]
+        triggers = {
+            kind: [
+                s
+                for s in self._trigger_spans(joined, offsets, table)
+                if kind != "neg" or not any(a <= s[0] < b for a, b in pseudo)
+            ]
+            for kind, table in (("pre", _PRE), ("neg", _NEG), ("post", _POST))
+        }
+        stable_fwd = self._trigger_spans(joined, offsets, [_Trigger(_STABLE_FWD, "", "", 0)])
+        stable_bwd = self._trigger_spans(joined, offsets, [_Trigger(_STABLE_BWD, "", "", 0)])
+
+        results = []
+        for obs, phrase, start, end in found:
+            m_start, m_end = spans[(start, end)]
+            own = set(range(m_start, m_end))
+            others = mention_tokens - own
+
+            def governs(span: tuple[int, int, _Trigger], m_start=m_start, m_end=m_end, others=others) -> bool:
+                t_start, t_end, trig = span
+                if t_start < m_end and t_end > m_start:  # the trigger is inside the mention
+                    return False
+                if trig.direction in ("fwd", "both") and self._forward_ok(
+                    words, t_end, m_start, trig.reach
+                ):
+                    return True
+                return trig.direction in ("bwd", "both") and self._backward_ok(
+                    words, m_end, t_start, trig.reach, others
+                )
+
+            value, rule = POSITIVE, "positive"
+            head = words[m_end - 1] if m_end - 1 < len(words) else ""
+            if any(governs(s) for s in triggers["pre"]):
+                value, rule = UNCERTAIN, "pre"
+            elif any(governs(s) for s in triggers["neg"]):
+                value, rule = NEGATIVE, "neg"
+            elif phrase in _ALWAYS_UNCERTAIN.get(obs, ()):
+                value, rule = UNCERTAIN, "always_uncertain"
+            elif (
+                obs in (CARDIOMEGALY, ENLARGED_CM)
+                and head in _STABLE_HEADS
+                and (
+                    any(self._forward_ok(words, e, m_start, 4) for _, e, _ in stable_fwd)
+                    or any(
+                        self._backward_ok(words, m_end, s, 8, others) for s, _, _ in stable_bwd
+                    )
+                )
+            ):
+                value, rule = UNCERTAIN, "stable"
+            elif any(governs(s) for s in triggers["post"]):
+                value, rule = UNCERTAIN, "post"
+            elif self._adjacent_or(words, m_start, m_end):
+                value, rule = UNCERTAIN, "or"
+            results.append(Mention(obs, sentence[start:end], sentence, start, end, value, rule))
+        return results
+
+    @staticmethod
+    def _adjacent_or(words: list[str], m_start: int, m_end: int) -> bool:
+        """"X or Y" / "X versus Y": the mention is a conjunct of "or" / "versus"."""
+        if m_end < len(words) and words[m_end] in _OR:
+            return True
+        for i in range(m_start - 1, max(m_start - 5, -1), -1):
+            if words[i] in _OR:
+                return True
+            if words[i] in _HARD_BREAKS or words[i] in _SOFT_BREAKS or words[i] == ",":
+                return False
+        return False
+
+    # ---------------------------------------------------------------- public API
+    def mentions(self, text: str) -> list[Mention]:
+        """Every mention in ``text`` with its polarity."""
+        out: list[Mention] = []
+        for raw in split_sentences(text):
+            sentence = " ".join(clean_text(raw).split())
+            found = self._extract(sentence)
+            if found:
+                out.extend(self._classify_sentence(sentence, found))
+        return out
+
+    def label(self, text: str) -> dict[str, float | None]:
+        """CheXpert labels of one report text.
+
+        Returns:
+            Observation -> 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or None (not
+            mentioned), in :data:`OBSERVATIONS` order.
+        """
+        return aggregate(self.mentions(text))
+
+    def label_many(self, texts: Iterable[str]) -> list[dict[str, float | None]]:
+        """:meth:`label` for each text."""
+        return [self.label(text) for text in texts]
+
+
+def _token_at(offsets: list[int], char: int) -> int:
+    """Index of the token containing character ``char`` of the space-joined string."""
+    lo, hi = 0, len(offsets) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if offsets[mid] <= char:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def aggregate(mentions: Iterable[Mention]) -> dict[str, float | None]:
+    """The CheXpert aggregation of classified mentions into 14 labels.
+
+    Positive beats uncertain beats negative per observation; a positive or uncertain "chf" /
+    "heart failure" also adds an uncertain Cardiomegaly; No Finding is 1.0 when no mention
+    other than Support Devices (other-findings list included) is positive or uncertain,
+    otherwise None.
+    """
+    values: dict[str, list[float]] = {}
+    no_finding = True
+    for mention in mentions:
+        if mention.observation != SUPPORT_DEVICES and mention.value != NEGATIVE:
+            no_finding = False
+        if mention.observation == NO_FINDING:
+            continue
+        if mention.value != NEGATIVE and mention.text in ("chf", "heart failure"):
+            values.setdefault(CARDIOMEGALY, []).append(UNCERTAIN)
+        values.setdefault(mention.observation, []).append(mention.value)
+    labels: dict[str, float | None] = dict.fromkeys(OBSERVATIONS)
+    for obs, seen in values.items():
+        labels[obs] = POSITIVE if POSITIVE in seen else UNCERTAIN if UNCERTAIN in seen else NEGATIVE
+    labels[NO_FINDING] = POSITIVE if no_finding else None
+    return labels
+
+
+def apply_uncertainty_policy(
+    labels: dict[str, float | None], policy: str = "u_ones"
+) -> dict[str, float | None]:
+    """Maps uncertain (-1) labels for training: U-Ones -> 1, U-Zeros -> 0, ignore -> None.
+
+    Positive and negative labels are kept; not mentioned stays None.
+
+    Raises:
+        ValueError: Unknown policy.
+    """
+    if policy not in UNCERTAINTY_POLICIES:
+        raise ValueError(f"unknown uncertainty policy {policy!r}; expected {UNCERTAINTY_POLICIES}")
+    replacement = {"u_ones": POSITIVE, "u_zeros": NEGATIVE, "ignore": None}[policy]
+    out: dict[str, float | None] = {}
+    for obs, value in labels.items():
+        out[obs] = replacement if value == UNCERTAIN else value
+    return out
