@@ -16,9 +16,9 @@ from pipelines.resources import PrivacyResource, StorageResource
 class SplitsConfig(dg.Config):
     """How patients are assigned to splits."""
 
-    train: float = 0.8
-    validate: float = 0.1
-    test: float = 0.1
+    train_fraction: float = 0.8
+    validate_fraction: float = 0.1
+    test_fraction: float = 0.1
     split_seed: str = Field(
         default="chexmix-split-v1",
         description="Versioned seed of the hash assignment; change it only to make a NEW split.",
@@ -45,7 +45,7 @@ def splits(
     privacy: PrivacyResource,
 ) -> dg.MaterializeResult:
     """Assign every patient of ``studies`` to a split, reproducibly."""
-    ratios = SplitRatios(config.train, config.validate, config.test)
+    ratios = SplitRatios(config.train_fraction, config.validate_fraction, config.test_fraction)
     official = None
     if config.official_split_csv:
         pseudo = privacy.pseudonymizer(storage)

@@ -42,7 +42,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_RULES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "chexpert_labeler_rules"
+DEFAULT_RULES_DIR = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "chexpert_labeler_rules"
+)
 """The CheXpert phrase and pattern files next to the repo (``../shared/data``)."""
 
 OBSERVATIONS: tuple[str, ...] = (
@@ -111,7 +113,7 @@ _STABLE_HEADS = frozenset(
     }
 )
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[^\sa-z0-9]")
+_TOKEN = re.compile(r"\d+(?:\.\d+)+|[a-z0-9]+(?:['\-][a-z0-9]+)*|_+|[^\sa-z0-9_]")
 
 # Tokens that end every scope (clause boundaries).
 _HARD_BREAKS = frozenset(
@@ -141,57 +143,16 @@ _HARD_BREAKS = frozenset(
 _SOFT_BREAKS = frozenset({"with", "given", "due", "after", "because"})
 # A comma or "and" followed by one of these starts a new statement.
 _STATEMENT_STARTS = frozenset(
-    {
-        "there",
-        "the",
-        "this",
-        "these",
-        "it",
-        "a",
-        "an",
-        "which",
-        "with",
-        "is",
-        "are",
-        "was",
-        "were",
-        "has",
-        "have",
-        "new",
-        "small",
-        "large",
-        "moderate",
-        "mild",
-        "minimal",
-        "trace",
-        "tiny",
-        "severe",
-        "marked",
-        "stable",
-        "unchanged",
-        "persistent",
-        "residual",
-        "increased",
-        "increasing",
-        "decreased",
-        "decreasing",
-        "improved",
-        "improving",
-        "worsened",
-        "worsening",
-        "interval",
-        "possible",
-        "possibly",
-        "probable",
-        "likely",
-        "may",
-        "some",
-        "focal",
-        "patchy",
-        "left",
-        "right",
-        "bilateral",
-    }
+    {"there", "the", "this", "these", "it", "a", "an", "which", "with"}
+    | {"is", "are", "was", "were", "has", "have"}
+)
+# ... and one of these too, unless the list goes on to an "or" ("no A, large B, or C").
+_FINDING_STARTS = frozenset(
+    {"new", "small", "large", "moderate", "mild", "minimal", "trace", "tiny", "severe"}
+    | {"marked", "stable", "unchanged", "persistent", "residual", "increased", "increasing"}
+    | {"decreased", "decreasing", "improved", "improving", "worsened", "worsening"}
+    | {"interval", "possible", "possibly", "probable", "likely", "may", "some", "patchy"}
+    | {"left", "right", "bilateral"}
 )
 _COPULAS = frozenset(
     {"is", "are", "was", "were", "seen", "noted", "identified", "present", "demonstrated"}
@@ -291,7 +252,18 @@ _FILLER = frozenset(
         "fully",
         "since",
         "interval",
+        "___",
+        "near",
+        "very",
+        "vascular",
+        "engorgement",
+        "lesion",
+        "lesions",
     }
+)
+_PLURAL_VERBS = frozenset({"are", "were", "appear", "remain", "seem", "look"})
+_LIST_VERBS = frozenset(
+    {"is", "are", "was", "were", "appear", "appears", "remain", "remains", "seem", "seems"}
 )
 
 
@@ -306,7 +278,10 @@ class _Trigger:
 
 
 def _trig(words: str, kind: str, direction: str, reach: int = 30) -> list[_Trigger]:
-    """Compiles top-level ``|``-separated alternatives into token-aligned trigger regexes."""
+    """Compiles ``|``-separated alternatives into one token-aligned trigger regex.
+
+    Longer alternatives come first, so "no longer" wins over "no" at the same position.
+    """
     alternatives, depth, current = [], 0, ""
     for char in words:
         depth += {"(": 1, ")": -1}.get(char, 0)
@@ -316,10 +291,9 @@ def _trig(words: str, kind: str, direction: str, reach: int = 30) -> list[_Trigg
         else:
             current += char
     alternatives.append(current)
-    return [
-        _Trigger(re.compile(rf"(?<!\S)(?:{alt})(?!\S)"), kind, direction, reach)
-        for alt in alternatives
-    ]
+    alternatives.sort(key=len, reverse=True)
+    pattern = re.compile(rf"(?<!\S)(?:{'|'.join(alternatives)})(?!\S)")
+    return [_Trigger(pattern, kind, direction, reach)]
 
 
 # Stage 1 (pre_negation_uncertainty.txt): cannot exclude / rule out, not excluded, no new.
@@ -344,7 +318,7 @@ _NEG = [
     *_trig(
         r"no|without|negative for|free of|absence of|resolution of|clearing of|clear of|"
         r"removal of|disappearance of|drainage of|rather than|history of|rule out|ruled out|"
-        r"to exclude|exclude|excluded|never|none|nor|no longer|no evidence of|no sign of",
+        r"rule-out|to exclude|exclude|excluded|never|none|nor|no longer|no evidence of|no sign of",
         "neg",
         "fwd",
     ),
@@ -352,11 +326,11 @@ _NEG = [
     *_trig(r"normal|unremarkable|within normal limits", "neg", "fwd", 5),
     *_trig(
         r"not(?! (?:well|clearly|entirely|completely|definitely|be|excluded|ruled|appreciated|"
-        r"visualized|evaluated|assessed|changed|significantly|change))|no longer|normal|"
-        r"unremarkable|resolved|removed|cleared|absent|negative|been removed|resolving completely",
+        r"visualized|evaluated|assessed|(?:significantly )?change[sd]?)(?!\S))|no longer|normal|"
+        r"unremarkable|resolved|removed|cleared|absent|negative",
         "neg",
         "bwd",
-        8,
+        14,
     ),
 ]
 # Stage 3 (post_negation_uncertainty.txt).
@@ -374,9 +348,10 @@ _POST = [
     ),
     *_trig(r"\?|secondary to|obscured|obscuring|obscures", "post", "fwd", 3),
     *_trig(
-        r"possible|suspected|questioned|likely|unlikely|may|might|could|versus|vs|\?|"
+        r"possible|suspected|questioned|(?:un)?likely(?= [,.;:?]|$)|versus|vs|\?|"
+        r"(?:may|might|could|can) (?:also |well |still )?be|"
         r"borderline|not (?:well |clearly )?(?:seen|visualized|evaluated|assessed|appreciated)|"
-        r"poorly|incompletely|obscured|a consideration|not clearly",
+        r"poorly|incompletely|obscured|a consideration|a possibility|not clearly",
         "post",
         "bwd",
         8,
@@ -423,13 +398,22 @@ class Mention:
     rule: str
 
 
+# Combining forms allowed before a mention ("hydropneumothorax", "bronchopneumonia",
+# "micronodules", "dextroscoliosis", "cardiomediastinal silhouette"), which the official
+# substring matching finds too. Phrases written with a leading "_" get none.
+_PREFIX_LIST = ("cardio", "hydro", "hemo", "haemo", "pyo", "chylo", "broncho", "micro")
+_PREFIX_LIST += ("dextro", "levo", "kypho")
+_COMBINING_PREFIXES = f"(?:{'|'.join(_PREFIX_LIST)})?"
+_WORD_START = re.compile(r"(?<![a-z0-9])[a-z0-9]")
+
+
 def _phrase_regex(phrase: str) -> str:
-    """Regex for a mention phrase: word start, ``_`` = word boundary, optional ``cardio``."""
+    """Regex for a mention phrase: word start, ``_`` = word boundary, combining prefixes."""
     core = phrase.strip()
     end = r"(?![a-z0-9])" if core.endswith("_") else ""
     words = core.strip("_").replace("_", " ").lower().split()
-    body = r"\s+".join(re.escape(w) for w in words)
-    prefix = "(?:cardio)?" if words and words[0].startswith("mediastin") else ""
+    body = r"[\s\-]+".join(re.escape(w) for w in words)
+    prefix = "" if core.startswith("_") else _COMBINING_PREFIXES
     return rf"(?<![a-z0-9]){prefix}{body}{end}"
 
 
@@ -513,14 +497,16 @@ class CheXpertLabeler:
             for phrase in self.mention_phrases.get(obs, [])
             if phrase.strip("_ ")
         ]
+        self._mention_index: dict[str, list[tuple[str, str, re.Pattern[str]]]] = {}
+        for obs, phrase, regex in self._mentions:
+            key = phrase.strip("_ ").lower()[:3]
+            self._mention_index.setdefault(key, []).append((obs, phrase, regex))
         self._unmentions = {
             obs: [re.compile(_phrase_regex(p)) for p in phrases if p.strip("_ ")]
             for obs, phrases in unmentions.items()
         }
 
-    def _add_positional_unmentions(
-        self, unmentions: dict[str, list[str]]
-    ) -> dict[str, list[str]]:
+    def _add_positional_unmentions(self, unmentions: dict[str, list[str]]) -> dict[str, list[str]]:
         """Official positional exclusions: "over the / in the (left|right|superior) heart"."""
         positions = [
             f"{a}{b}"
@@ -560,16 +546,29 @@ class CheXpertLabeler:
     def _extract(self, sentence: str) -> list[tuple[str, str, int, int]]:
         """(observation, phrase, start, end) for every mention in one cleaned sentence."""
         found = []
-        for obs, phrase, regex in self._mentions:
-            for match in regex.finditer(sentence):
-                start, end = match.span()
-                if any(
-                    u.start() < end and u.end() > start
-                    for unmention in self._unmentions.get(obs, [])
-                    for u in unmention.finditer(sentence)
-                ):
-                    continue
-                found.append((obs, phrase, start, end))
+        excluded: dict[str, list[tuple[int, int]]] = {}
+        for start in _WORD_START.finditer(sentence):
+            pos = start.start()
+            keys = {sentence[pos : pos + 3]}
+            keys.update(
+                sentence[pos + len(p) : pos + len(p) + 3]
+                for p in _PREFIX_LIST
+                if sentence.startswith(p, pos)
+            )
+            for key in keys:
+                for obs, phrase, regex in self._mention_index.get(key, ()):
+                    match = regex.match(sentence, pos)
+                    if match is None:
+                        continue
+                    if obs not in excluded:
+                        excluded[obs] = [
+                            u.span()
+                            for unmention in self._unmentions.get(obs, [])
+                            for u in unmention.finditer(sentence)
+                        ]
+                    m_start, m_end = match.span()
+                    if not any(a < m_end and b > m_start for a, b in excluded[obs]):
+                        found.append((obs, phrase, m_start, m_end))
         return found
 
     # ---------------------------------------------------------------- classification
@@ -603,6 +602,11 @@ class CheXpertLabeler:
                 seen_copula = True
             if word in (",", "and") and (nxt in _STATEMENT_STARTS or seen_copula):
                 return False
+            if word in (",", "and") and nxt in _FINDING_STARTS:
+                rest = words[i + 1 :]
+                stop = next((j for j, w in enumerate(rest) if w in _HARD_BREAKS), len(rest))
+                if not ({"or", "nor"} & set(rest[:stop])):
+                    return False
             if word == "," and i + 1 == m_start and seen_copula:
                 return False
         return True
@@ -614,9 +618,57 @@ class CheXpertLabeler:
         """Whether a trigger starting at ``t_start`` governs a mention ending at ``m_end``."""
         if t_start < m_end or t_start - m_end > reach:
             return False
-        return all(words[i] in _FILLER or i in mention_tokens for i in range(m_end, t_start))
+        between = range(m_end, t_start)
+        if not all(words[i] in _FILLER or i in mention_tokens or words[i] == "," for i in between):
+            return False
+        # A comma is allowed in a list subject: "heart size, mediastinal contour, and
+        # pulmonary vascularity are normal" (a verb must follow the last comma).
+        commas = [i for i in between if words[i] == ","]
+        return not commas or any(words[i] in _LIST_VERBS for i in range(commas[-1], t_start))
 
-    def _classify_sentence(self, sentence: str, found: list[tuple[str, str, int, int]]):
+    @staticmethod
+    def _list_subject_ok(words: list[str], m_end: int, t_start: int) -> bool:
+        """Whether the mention heads a subject list whose plural verb takes the trigger.
+
+        As in "the contours, lungs, pleura and upper abdomen are normal".
+        """
+        between = words[m_end:t_start]
+        if not between or between[0] not in (",", "and") or len(between) > 16:
+            return False
+        if any(w in _HARD_BREAKS or w in _SOFT_BREAKS for w in between):
+            return False
+        verbs = [i for i, w in enumerate(between) if w in _PLURAL_VERBS]
+        if not verbs or not all(w in _FILLER for w in between[verbs[-1] + 1 :]):
+            return False
+        ands = [i for i, w in enumerate(between[: verbs[-1]]) if w == "and"]
+        return bool(ands) and between[ands[-1] + 1] not in ("the", "there", "a", "an")
+
+    def _governs(
+        self,
+        words: list[str],
+        span: tuple[int, int, _Trigger],
+        mention: tuple[int, int],
+        others: set[int],
+    ) -> bool:
+        """Whether a trigger span governs the mention at token span ``mention``."""
+        t_start, t_end, trig = span
+        m_start, m_end = mention
+        if t_start < m_end and t_end > m_start:  # the trigger is part of the mention
+            return False
+        if trig.direction in ("fwd", "both") and self._forward_ok(
+            words, t_end, m_start, trig.reach
+        ):
+            return True
+        if trig.direction not in ("bwd", "both"):
+            return False
+        return self._backward_ok(words, m_end, t_start, trig.reach, others) or (
+            trig.kind == "neg" and self._list_subject_ok(words, m_end, t_start)
+        )
+
+    def _classify_sentence(
+        self, sentence: str, found: list[tuple[str, str, int, int]]
+    ) -> list[Mention]:
+        """Polarity of each mention found in one cleaned sentence."""
         tokens = self._tokens(sentence)
         words = [t[0] for t in tokens]
         joined = " ".join(words)
@@ -625,21 +677,20 @@ class CheXpertLabeler:
             offsets.append(pos)
             pos += len(word) + 1
         spans: dict[tuple[int, int], tuple[int, int]] = {}
-        mention_tokens: set[int] = set()
         for _, _, start, end in found:
             first = next((i for i, t in enumerate(tokens) if t[2] > start), len(tokens))
             last = next((i for i, t in enumerate(tokens) if t[1] >= end), len(tokens))
             spans[(start, end)] = (first, max(last, first + 1))
-            mention_tokens.update(range(first, max(last, first + 1)))
+        mention_tokens = {i for a, b in spans.values() for i in range(a, b)}
         pseudo = [
             (_token_at(offsets, m.start()), _token_at(offsets, m.end() - 1) + 1)
             for m in _PSEUDO.finditer(joined)
         ]
         triggers = {
             kind: [
-                s
-                for s in self._trigger_spans(joined, offsets, table)
-                if kind != "neg" or not any(a <= s[0] < b for a, b in pseudo)
+                span
+                for span in self._trigger_spans(joined, offsets, table)
+                if kind != "neg" or not any(a <= span[0] < b for a, b in pseudo)
             ]
             for kind, table in (("pre", _PRE), ("neg", _NEG), ("post", _POST))
         }
@@ -649,50 +700,42 @@ class CheXpertLabeler:
         results = []
         for obs, phrase, start, end in found:
             m_start, m_end = spans[(start, end)]
-            own = set(range(m_start, m_end))
-            others = mention_tokens - own
+            others = mention_tokens - set(range(m_start, m_end))
 
-            def governs(span: tuple[int, int, _Trigger], m_start=m_start, m_end=m_end, others=others) -> bool:
-                t_start, t_end, trig = span
-                if t_start < m_end and t_end > m_start:  # the trigger is inside the mention
-                    return False
-                if trig.direction in ("fwd", "both") and self._forward_ok(
-                    words, t_end, m_start, trig.reach
-                ):
-                    return True
-                return trig.direction in ("bwd", "both") and self._backward_ok(
-                    words, m_end, t_start, trig.reach, others
+            def governed(kind: str, m_start: int = m_start, m_end: int = m_end) -> bool:
+                return any(
+                    self._governs(words, span, (m_start, m_end), others)  # noqa: B023
+                    for span in triggers[kind]
                 )
 
-            value, rule = POSITIVE, "positive"
-            head = words[m_end - 1] if m_end - 1 < len(words) else ""
-            if any(governs(s) for s in triggers["pre"]):
+            stable = (
+                obs in (CARDIOMEGALY, ENLARGED_CM)
+                and words[m_end - 1] in _STABLE_HEADS
+                and (
+                    any(self._forward_ok(words, e, m_start, 4) for _, e, _ in stable_fwd)
+                    or any(self._backward_ok(words, m_end, b, 8, others) for b, _, _ in stable_bwd)
+                )
+            )
+            if governed("pre"):
                 value, rule = UNCERTAIN, "pre"
-            elif any(governs(s) for s in triggers["neg"]):
+            elif governed("neg"):
                 value, rule = NEGATIVE, "neg"
             elif phrase in _ALWAYS_UNCERTAIN.get(obs, ()):
                 value, rule = UNCERTAIN, "always_uncertain"
-            elif (
-                obs in (CARDIOMEGALY, ENLARGED_CM)
-                and head in _STABLE_HEADS
-                and (
-                    any(self._forward_ok(words, e, m_start, 4) for _, e, _ in stable_fwd)
-                    or any(
-                        self._backward_ok(words, m_end, s, 8, others) for s, _, _ in stable_bwd
-                    )
-                )
-            ):
+            elif stable:
                 value, rule = UNCERTAIN, "stable"
-            elif any(governs(s) for s in triggers["post"]):
+            elif governed("post"):
                 value, rule = UNCERTAIN, "post"
             elif self._adjacent_or(words, m_start, m_end):
                 value, rule = UNCERTAIN, "or"
+            else:
+                value, rule = POSITIVE, "positive"
             results.append(Mention(obs, sentence[start:end], sentence, start, end, value, rule))
         return results
 
     @staticmethod
     def _adjacent_or(words: list[str], m_start: int, m_end: int) -> bool:
-        """"X or Y" / "X versus Y": the mention is a conjunct of "or" / "versus"."""
+        """Whether the mention is a conjunct of "or" / "versus" ("X or Y", "X versus Y")."""
         if m_end < len(words) and words[m_end] in _OR:
             return True
         for i in range(m_start - 1, max(m_start - 5, -1), -1):

@@ -297,7 +297,7 @@ def _header(line: str, known: frozenset[str]) -> tuple[str, str, str] | None:
         letters = re.sub(r"[^A-Za-z]", "", title)
         core = norm in SECTION_SYNONYMS or name in CANONICAL_SECTIONS
         cased = letters.isupper() or title.istitle()
-        shouted = letters.isupper() and len(letters) >= 2 and len(norm.split()) <= 8
+        shouted = letters.isupper() and len(letters) >= 4 and len(norm.split()) <= 8
         if core or (cased and norm in known) or shouted:
             return name, title, match.group("rest")
         return None
@@ -307,9 +307,7 @@ def _header(line: str, known: frozenset[str]) -> tuple[str, str, str] | None:
     return None
 
 
-def parse_report(
-    text: str, titles_path: str | Path | None = DEFAULT_TITLES_PATH
-) -> ParsedReport:
+def parse_report(text: str, titles_path: str | Path | None = DEFAULT_TITLES_PATH) -> ParsedReport:
     """Splits a free-text report into sections.
 
     Headers are recognised at line starts in any case (``IMPRESSION:``, ``Impression:``)
@@ -420,10 +418,7 @@ def parse_openi_xml(source: str | Path | bytes) -> OpenIReport:
     Returns:
         The report with normalised sections, image ids and MeSH codes.
     """
-    if isinstance(source, bytes):
-        root = ET.fromstring(source)
-    else:
-        root = ET.parse(Path(source)).getroot()
+    root = ET.fromstring(source) if isinstance(source, bytes) else ET.parse(Path(source)).getroot()
     report_id = _id_attr(root, "IUXRId") or _id_attr(root, "pmcId") or _id_attr(root, "uId")
     sections: dict[str, str] = {}
     for node in root.iter("AbstractText"):

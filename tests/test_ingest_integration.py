@@ -60,7 +60,9 @@ def materialize(archive: Path, storage: Path, use_ray: bool) -> dg.ExecuteInProc
             "ops": {
                 "cxr_images": {
                     "config": {"use_ray": use_ray, "images_per_shard": 16, "image_size": 128}
-                }
+                },
+                # a 24-study archive carries the full set of deliberately broken files
+                "cxr_images_decode_success_rate": {"config": {"min_success_rate": 0.7}},
             }
         },
         raise_on_error=True,
@@ -84,7 +86,7 @@ def first_run(archive, tmp_path_factory):
 def test_every_check_passes_and_counts_add_up(first_run, archive):
     _, result = first_run
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(checks) == {"decode_success_rate", "no_empty_images", "every_file_accounted_for"}
+    assert {"decode_success_rate", "no_empty_images", "every_file_accounted_for"} <= set(checks)
     assert all(e.passed for e in checks.values()), {k: e.metadata for k, e in checks.items()}
     accounting = {k: v.value for k, v in checks["every_file_accounted_for"].metadata.items()}
     assert accounting["files_unaccounted"] == 0
@@ -218,3 +220,16 @@ def test_rerun_is_idempotent_and_incremental(first_run, archive, tmp_path):
     images = metadata(again, "cxr_images")
     assert images["num_shards_reused"] == images["num_shards"]
     assert images["content_hash"] == metadata(result, "cxr_images")["content_hash"]
+
+
+def test_the_privacy_scan_would_catch_a_leak(tmp_path, first_run):
+    _, result = first_run
+    import pyarrow as pa
+
+    leak = tmp_path / "leak"
+    leak.mkdir()
+    pq.write_table(
+        pa.table({"note": ["patient HARRIS^EMMA was seen"]}), leak / "x.parquet", compression="zstd"
+    )
+    texts = _output_strings(leak, result)
+    assert any("HARRIS^EMMA" in text for _, text in texts)

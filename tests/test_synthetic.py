@@ -104,7 +104,7 @@ def test_layout_matches_mimic(default_archive: tuple[Path, ArchiveSummary]) -> N
     two_view = sum(v == 2 for v in views_per_study.values()) / len(views_per_study)
     assert 0.12 < two_view < 0.4
     normal = sum(row["No Finding"] == "1.0" for row in labels) / len(labels)
-    assert 0.2 < normal < 0.5
+    assert 0.2 < normal < 0.55
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
@@ -179,6 +179,7 @@ def test_every_realism_variant_occurs(default_archive: tuple[Path, ArchiveSummar
         if has_lut:
             lut = ds.VOILUTSequence[0]
             assert len(lut.LUTDescriptor) == 3 and lut.LUTData
+            note("lut_syntax", ds.file_meta.TransferSyntaxUID)
         assert row["transfer_syntax_uid"] == ds.file_meta.TransferSyntaxUID
     assert seen["modality"] == {"CR", "DX"}
     assert seen["sop"] == {CR_IMAGE_STORAGE, DX_FOR_PRESENTATION}
@@ -194,6 +195,7 @@ def test_every_realism_variant_occurs(default_archive: tuple[Path, ArchiveSummar
     assert seen["rescale"] == {True, False}
     assert seen["voi"] == {(True, False), (False, True), (True, True), (False, False)}
     assert seen["multi_window"] == {True, False}
+    assert ImplicitVRLittleEndian in seen["lut_syntax"]  # ambiguous LUT VRs must be resolved
     counts = summary.transfer_syntaxes
     assert counts["ExplicitVRLittleEndian"] == max(counts.values())
 

@@ -99,7 +99,7 @@ def variant_for_index(index: int, modality: str) -> DicomVariant:
     """
     bits = _BITS_CYCLE[index % len(_BITS_CYCLE)]
     signed = bits in (12, 16) and index % 11 == 5
-    voi = _VOI_CYCLE[index % len(_VOI_CYCLE)]
+    voi = _VOI_CYCLE[(index // 3) % len(_VOI_CYCLE)]
     if voi in ("lut", "lut+window") and (bits > 14 or signed):
         voi = "multi_window"
     rescale = _RESCALE_CYCLE[(index // 2) % len(_RESCALE_CYCLE)]
