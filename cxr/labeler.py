@@ -16,21 +16,29 @@ The official labeler (stanfordmlgroup/chexpert-labeler) runs three stages per se
 
 The phrase lists are read at run time from the rules directory. We have no dependency parser
 offline, so stage 2 is a surface approximation: trigger words and phrases taken from the
-pattern files, each with a direction (a forward trigger governs mentions after it, a backward
-trigger governs mentions before it that are separated only by copulas, adverbs and other
-mentions, as in "heart size is normal") and a scope that ends at clause boundaries (". ",
-";", "but", "however", "although", "which", "except", "with", a comma that starts a new
-statement, ...). Approximations, all deliberate:
+pattern files (``pattern_lemmas`` reads the lemmas they name; a test checks that each one is
+either a trigger here or listed in ``PATTERN_CONTEXT_LEMMAS``). Each trigger has a direction
+(a forward trigger governs mentions after it; a backward trigger governs mentions before it
+that are separated only by copulas, adverbs and other mentions, as in "heart size is
+normal") and a scope that ends at clause boundaries (". ", ";", "but", "however",
+"although", "which", "except", "with", a comma that starts a new statement, ...).
+Approximations, all deliberate:
 
 - Mentions match at word starts, case-insensitively (the official labeler matches raw
-  substrings); a leading ``cardio`` is also allowed before ``mediastin...`` phrases so that
-  "cardiomediastinal silhouette" still mentions Enlarged Cardiomediastinum as it does
-  officially. ``_`` in a phrase marks a word boundary.
+  substrings), optionally after a combining form (cardio-, hydro-, broncho-, micro-,
+  dextro-...) so that "cardiomediastinal silhouette", "hydropneumothorax",
+  "bronchopneumonia" and "dextroscoliosis" still match as they do officially, while "oscar"
+  or "outlines" do not. ``_`` in a phrase marks a word boundary and takes no combining form
+  ("pneumomediastinum" is not "_mediastinum"); a space also matches a hyphen.
 - A few extra exclusions fix substring accidents of the phrase lists: "plate-like
   atelectasis", "tuberculosis", "Kerley B lines", "septal lines" and "pleural line" are not
   Support Devices.
 - "no change in X" / "no increase in X" do not negate X (pseudo-negations, as in NegEx).
 - "X, Y or Z" lists: only the items adjacent to "or" / "versus" become uncertain.
+- Subject lists share a backward trigger: "heart size, mediastinal contour, and pulmonary
+  vascularity are within normal limits" negates both mentions.
+- Semgrex rules with no surface equivalent are left out (e.g. "X is previously
+  demonstrated" -> negative, "silhouette obscured" -> negative).
 - "X is not seen / identified / enlarged" negate; "not well seen", "not visualized",
   "not evaluated" and "not appreciated" are uncertain, as the post-negation file says.
 """
@@ -373,6 +381,66 @@ _STABLE_BWD = re.compile(
 )
 _OR = frozenset({"or", "versus", "vs"})
 
+PATTERN_FILES = {
+    "pre": "pre_negation_uncertainty.txt",
+    "neg": "negation.txt",
+    "post": "post_negation_uncertainty.txt",
+}
+"""Stage -> NegBio pattern file under ``<rules>/patterns``, in the order they are applied."""
+
+# Lemmas of the pattern files that are not triggers of their own here: graph context of a
+# trigger that the surface rules cover another way, e.g. "no NN to suggest X" and "no focus
+# of X" are covered by the forward "no"; "X is not enlarged" by the backward "not";
+# "may represent / reflect / indicate X" by "may"; "is not excluded" and "no new" by stage 1.
+PATTERN_CONTEXT_LEMMAS: dict[str, frozenset[str]] = {
+    "pre": frozenset(),
+    "neg": frozenset(
+        {"acute", "area", "associate.*", "demonstrate", "demonstrate.*", "developing"}
+        | {"development", "diagnose", "display", "enlarge", "explain", "finding", "finding.*"}
+        | {"focus", "moderate", "obscure", "obvious", "present", "previously", "remain", "see"}
+        | {"show", "silhouette", "structure.*", "suggest"}
+    ),
+    "post": frozenset(
+        {"and.or", "angle", "appear", "appearance", "blunt.*", "clinically", "compatible"}
+        | {"consistent", "costophrenic", "diagnosis", "due", "evidence", "excluded", "have"}
+        | {"include", "indicate", "left", "new", "nsubj", "presence", "present", "reflect"}
+        | {"represent", "signs", "symptom", "symptoms"}
+    ),
+}
+
+
+def pattern_lemmas(rules_dir: str | Path | None = None) -> dict[str, frozenset[str]]:
+    """Lemmas named by each NegBio pattern file (``{lemma:/a|b/}``), read at run time.
+
+    Args:
+        rules_dir: CheXpert rules directory; default :data:`DEFAULT_RULES_DIR`.
+
+    Returns:
+        Stage ("pre", "neg", "post") -> lemma regexes as written (e.g. ``"limit.*"``).
+    """
+    root = Path(rules_dir) if rules_dir is not None else DEFAULT_RULES_DIR
+    out = {}
+    for stage, name in PATTERN_FILES.items():
+        lemmas: set[str] = set()
+        for line in (root / "patterns" / name).read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                for match in re.finditer(r"lemma:/([^/]*)/", line):
+                    lemmas.update(match.group(1).split("|"))
+        out[stage] = frozenset(lemmas)
+    return out
+
+
+def trigger_vocabulary() -> dict[str, str]:
+    """Stage -> the text of every surface rule of that stage (for auditing coverage)."""
+    neg = [t.pattern.pattern for t in _NEG] + [_PSEUDO.pattern, *_FILLER]
+    post = [t.pattern.pattern for t in _POST] + [_STABLE_FWD.pattern, _STABLE_BWD.pattern]
+    post += [*_STABLE_HEADS, *(p for ps in _ALWAYS_UNCERTAIN.values() for p in ps)]
+    return {
+        "pre": " ".join(t.pattern.pattern for t in _PRE),
+        "neg": " ".join(neg),
+        "post": " ".join(post),
+    }
+
 
 @dataclass(frozen=True)
 class Mention:
@@ -439,7 +507,7 @@ def clean_text(text: str) -> str:
     return out
 
 
-_NO_SPLIT_ABBREV = re.compile(r"(?:\b(?:vs|e\.g|i\.e|approx|dr|mr|mrs|ms|no|st|fig)\.)$")
+_NO_SPLIT_ABBREV = re.compile(r"(?:\b(?:vs|e\.g|i\.e|approx|dr|mr|mrs|ms|st|fig)\.)$")
 
 
 def split_sentences(text: str) -> list[str]:

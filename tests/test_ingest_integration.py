@@ -233,3 +233,24 @@ def test_the_privacy_scan_would_catch_a_leak(tmp_path, first_run):
     )
     texts = _output_strings(leak, result)
     assert any("HARRIS^EMMA" in text for _, text in texts)
+
+
+def test_lineage_walks_back_to_the_source_manifest(first_run, capsys):
+    from cxr.lineage import main, upstream_chain
+
+    storage, result = first_run
+    catalog = storage / "catalog.duckdb"
+    chain = upstream_chain(catalog, "ingest_quarantine")
+    assert [r["asset_key"] for r in chain] == [
+        "ingest_quarantine",
+        "studies",
+        "cxr_images",
+        "source_manifest",
+    ]
+    assert chain[0]["content_hash"] == metadata(result, "ingest_quarantine")["sha256"]
+    assert all(r["run_id"] == result.run_id for r in chain)
+    by_path = upstream_chain(catalog, str(storage / "curation" / "splits.parquet"))
+    assert [r["asset_key"] for r in by_path] == ["splits", "studies", "source_manifest"]
+    assert main([str(catalog), "splits"]) == 0
+    assert "read  source_manifest" in capsys.readouterr().out
+    assert main([str(catalog), "no_such_asset"]) == 1
