@@ -152,9 +152,78 @@ def no_patient_in_two_splits(storage: StorageResource) -> dg.AssetCheckResult:
     )
 
 
+class PrevalenceConfig(dg.Config):
+    """Tolerance of the label prevalence check."""
+
+    standard_errors: float = 3.0
+    """Allowed deviation of a split's positive rate from the overall rate, in standard errors."""
+    absolute_slack: float = 0.02
+    """Extra allowed deviation on top of the standard-error band."""
+
+
+@dg.asset_check(
+    asset="splits",
+    additional_deps=["finding_labels"],
+    description="Positive-label prevalence per split is close to the overall prevalence.",
+)
+def label_prevalence_per_split(
+    config: PrevalenceConfig, storage: StorageResource
+) -> dg.AssetCheckResult:
+    """WARN when a split's positive rate of an observation is off by more than the tolerance."""
+    from cxr.curation import column_name
+    from cxr.labeler import OBSERVATIONS
+    from cxr.previews import markdown_table
+
+    splits_path, labels_path = storage.path(*paths.SPLITS), storage.path(*paths.FINDING_LABELS)
+    con = duckdb.connect()
+    con.execute(
+        f"""CREATE VIEW joined AS SELECT s.split, l.* FROM read_parquet('{splits_path}') s
+            JOIN read_parquet('{labels_path}') l USING (study_id)"""
+    )
+    off = []
+    for observation in OBSERVATIONS:
+        col = column_name(observation)
+        overall = (
+            con.execute(f"SELECT avg(coalesce({col} = 1, false)::INT) FROM joined").fetchall()[0][0]
+            or 0.0
+        )
+        per_split = con.execute(
+            f"""SELECT split, count(*), avg(coalesce({col} = 1, false)::INT) FROM joined
+                GROUP BY split ORDER BY split"""
+        ).fetchall()
+        for split, n, rate in per_split:
+            tolerance = (
+                config.standard_errors * (overall * (1 - overall) / max(n, 1)) ** 0.5
+                + config.absolute_slack
+            )
+            if abs((rate or 0.0) - overall) > tolerance:
+                off.append(
+                    {
+                        "observation": observation,
+                        "split": split,
+                        "n": n,
+                        "rate": round(rate or 0.0, 4),
+                        "overall": round(overall, 4),
+                        "tolerance": round(tolerance, 4),
+                    }
+                )
+    con.close()
+    return dg.AssetCheckResult(
+        passed=not off,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "num_out_of_tolerance": len(off),
+            "out_of_tolerance": dg.MetadataValue.md(
+                markdown_table(off, ["observation", "split", "n", "rate", "overall", "tolerance"])
+            ),
+        },
+    )
+
+
 ALL_CHECKS = [
     decode_success_rate,
     no_empty_images,
     every_file_accounted_for,
     no_patient_in_two_splits,
+    label_prevalence_per_split,
 ]

@@ -50,10 +50,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_RULES_DIR = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "chexpert_labeler_rules"
-)
-"""The CheXpert phrase and pattern files next to the repo (``../shared/data``)."""
+DEFAULT_RULES_DIR = Path(__file__).resolve().parent / "resources" / "chexpert_labeler_rules"
+"""The CheXpert labeler's phrase and pattern files (MIT, stanfordmlgroup/chexpert-labeler at
+44ddeb3), shipped verbatim with their LICENSE in ``cxr/resources``."""
 
 OBSERVATIONS: tuple[str, ...] = (
     "No Finding",

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_TITLES_PATH = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "negbio" / "section_titles.txt"
+    Path(__file__).resolve().parent / "resources" / "negbio" / "section_titles.txt"
 )
-"""NegBio's section-title list next to the repo (``../shared/data``); optional at run time."""
+"""NegBio's section-title list (US public domain, ncbi-nlp/NegBio at 073199e), shipped verbatim
+in ``cxr/resources``; optional at run time."""
 
 INDICATION = "INDICATION"
 HISTORY = "HISTORY"

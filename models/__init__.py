@@ -1,1 +1,1 @@
-"""Plain torch model code (no dagster, no ray): the VQ tokenizer and the early-fusion transformer."""
+"""Plain torch models (no dagster, no ray): the VQ tokenizer and the early-fusion LM."""

@@ -14,7 +14,9 @@ def defs() -> dg.Definitions:
     """All assets, checks, jobs and resources of the pipeline."""
     from assets.checks import ALL_CHECKS
     from assets.cxr_images import cxr_images
+    from assets.finding_labels import finding_labels
     from assets.ingest_quarantine import ingest_quarantine
+    from assets.report_sections import report_sections
     from assets.source_manifest import source_manifest
     from assets.splits import splits
     from assets.studies import studies
@@ -22,7 +24,15 @@ def defs() -> dg.Definitions:
     from pipelines.resources import PrivacyResource, RayResource, SourceResource, StorageResource
 
     return dg.Definitions(
-        assets=[source_manifest, studies, cxr_images, ingest_quarantine, splits],
+        assets=[
+            source_manifest,
+            studies,
+            cxr_images,
+            ingest_quarantine,
+            report_sections,
+            finding_labels,
+            splits,
+        ],
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
         resources={

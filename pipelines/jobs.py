@@ -10,4 +10,10 @@ ingest_job = dg.define_asset_job(
     description="Raw archive -> source manifest -> studies -> decoded image shards + quarantine.",
 )
 
-JOBS = [ingest_job]
+curation_job = dg.define_asset_job(
+    "curation_job",
+    selection=dg.AssetSelection.groups("curation"),
+    description="Studies -> report sections -> CheXpert-14 labels; patient-level splits.",
+)
+
+JOBS = [ingest_job, curation_job]
