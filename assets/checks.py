@@ -220,10 +220,76 @@ def label_prevalence_per_split(
     )
 
 
+def _tokens_glob(storage: StorageResource) -> str:
+    return str(storage.path(*paths.TOKENS_DIR) / "shard-[0-9][0-9][0-9][0-9][0-9].parquet")
+
+
+@dg.asset_check(
+    asset="token_shards",
+    blocking=True,
+    description="Codes in range, every decoded image tokenized, counts and hashes match the "
+    "manifest, splits agree with the split manifest.",
+)
+def token_shards_valid(storage: StorageResource) -> dg.AssetCheckResult:
+    """The token shard set is complete, consistent and leak-free."""
+    import json
+
+    from cxr.token_shards import verify_shard_set
+
+    tokens_dir = storage.path(*paths.TOKENS_DIR)
+    problems: list[str] = []
+    try:
+        manifest = verify_shard_set(tokens_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        return dg.AssetCheckResult(passed=False, metadata={"error": str(exc)})
+    codebook = json.loads(storage.path(*paths.VOCABULARY).read_text())["codebook_size"]
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet('{_tokens_glob(storage)}')")
+    rows, bad_codes, empty_codes = con.execute(
+        f"""SELECT count(*),
+                   count(*) FILTER (WHERE list_min(image_codes) < 0
+                                    OR list_max(image_codes) >= {codebook}),
+                   count(*) FILTER (WHERE len(image_codes) = 0) FROM t"""
+    ).fetchall()[0]
+    untokenized = con.execute(
+        f"""SELECT count(*) FROM read_parquet('{_images_glob(storage)}') i
+            WHERE image_id NOT IN (SELECT image_id FROM t)"""
+    ).fetchall()[0][0]
+    wrong_split = con.execute(
+        f"""SELECT count(*) FROM t JOIN read_parquet('{storage.path(*paths.SPLITS)}') s
+            USING (study_id) WHERE t.split <> s.split"""
+    ).fetchall()[0][0]
+    leaking = con.execute(
+        """SELECT count(*) FROM
+           (SELECT patient_id FROM t GROUP BY 1 HAVING count(DISTINCT split) > 1)"""
+    ).fetchall()[0][0]
+    con.close()
+    if rows != manifest["num_rows"]:
+        problems.append(f"{rows} rows but the manifest says {manifest['num_rows']}")
+    if bad_codes or empty_codes:
+        problems.append(f"{bad_codes} rows with codes outside [0, {codebook}), {empty_codes} empty")
+    if untokenized:
+        problems.append(f"{untokenized} decoded images have no token row")
+    if wrong_split or leaking:
+        problems.append(f"{wrong_split} rows disagree with splits; {leaking} patients leak")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "num_rows": rows,
+            "rows_codes_out_of_range": bad_codes,
+            "images_not_tokenized": untokenized,
+            "rows_with_wrong_split": wrong_split,
+            "patients_in_several_splits": leaking,
+            "problems": "; ".join(problems) or "none",
+        },
+    )
+
+
 ALL_CHECKS = [
     decode_success_rate,
     no_empty_images,
     every_file_accounted_for,
     no_patient_in_two_splits,
     label_prevalence_per_split,
+    token_shards_valid,
 ]

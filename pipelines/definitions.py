@@ -15,13 +15,23 @@ def defs() -> dg.Definitions:
     from assets.checks import ALL_CHECKS
     from assets.cxr_images import cxr_images
     from assets.finding_labels import finding_labels
+    from assets.image_tokenizer import image_tokenizer
     from assets.ingest_quarantine import ingest_quarantine
     from assets.report_sections import report_sections
     from assets.source_manifest import source_manifest
     from assets.splits import splits
     from assets.studies import studies
+    from assets.text_tokenizer import text_tokenizer
+    from assets.token_shards import token_shards
+    from assets.vocabulary import vocabulary
     from pipelines.jobs import JOBS
-    from pipelines.resources import PrivacyResource, RayResource, SourceResource, StorageResource
+    from pipelines.resources import (
+        MLflowResource,
+        PrivacyResource,
+        RayResource,
+        SourceResource,
+        StorageResource,
+    )
 
     return dg.Definitions(
         assets=[
@@ -32,6 +42,10 @@ def defs() -> dg.Definitions:
             report_sections,
             finding_labels,
             splits,
+            text_tokenizer,
+            image_tokenizer,
+            vocabulary,
+            token_shards,
         ],
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
@@ -40,5 +54,6 @@ def defs() -> dg.Definitions:
             "storage": StorageResource(),
             "privacy": PrivacyResource(),
             "ray": RayResource(),
+            "mlflow_tracking": MLflowResource(),
         },
     )

@@ -16,4 +16,10 @@ curation_job = dg.define_asset_job(
     description="Studies -> report sections -> CheXpert-14 labels; patient-level splits.",
 )
 
-JOBS = [ingest_job, curation_job]
+tokenization_job = dg.define_asset_job(
+    "tokenization_job",
+    selection=dg.AssetSelection.groups("tokenization"),
+    description="Text + image tokenizers, the vocabulary contract and the token shards.",
+)
+
+JOBS = [ingest_job, curation_job, tokenization_job]

@@ -25,14 +25,24 @@ def content_hash_of(asset_key: str, storage: StorageResource) -> str:
                 for p in (paths.STUDIES, paths.STUDY_IMAGES, paths.STUDIES_REJECTED)
             ]
         )
-    if asset_key == "cxr_images":
-        manifest = storage.path(*paths.IMAGES_DIR) / "_manifest.json"
+    if asset_key in ("cxr_images", "token_shards"):
+        folder = paths.IMAGES_DIR if asset_key == "cxr_images" else paths.TOKENS_DIR
+        manifest = storage.path(*folder) / "_manifest.json"
         return json.loads(manifest.read_text())["content_hash"]
+    if asset_key == "text_tokenizer":
+        from models.text_tokenizer import tokenizer_sha256
+
+        return tokenizer_sha256(storage.path(*paths.TEXT_TOKENIZER_DIR))
+    if asset_key == "image_tokenizer":
+        from models.vq_tokenizer import checkpoint_sha256
+
+        return checkpoint_sha256(storage.path(*paths.IMAGE_TOKENIZER_DIR))
     single_file = {
         "ingest_quarantine": paths.QUARANTINE,
         "splits": paths.SPLITS,
         "report_sections": paths.REPORT_SECTIONS,
         "finding_labels": paths.FINDING_LABELS,
+        "vocabulary": paths.VOCABULARY,
     }
     if asset_key in single_file:
         return file_sha256(storage.path(*single_file[asset_key]))

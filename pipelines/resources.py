@@ -134,3 +134,43 @@ class RayResource(dg.ConfigurableResource):
                 logging_level=logging.ERROR,
                 _node_ip_address="127.0.0.1",
             )
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking: a local sqlite store + artifact folder under the storage root by default."""
+
+    tracking_uri: str = Field(
+        default="",
+        description="Tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<storage>/mlflow/"
+        "mlflow.db with artifacts in <storage>/mlflow/artifacts",
+    )
+    experiment: str = Field(default="chexmix", description="Experiment name")
+
+    def resolved_uri(self, storage: StorageResource) -> str:
+        """The tracking URI this deployment uses."""
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if uri:
+            return uri
+        folder = storage.path("mlflow")
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    def experiment_id(self, storage: StorageResource) -> str:
+        """Create (once) and return the experiment, with a local artifact root by default."""
+        import mlflow
+
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        mlflow.set_tracking_uri(self.resolved_uri(storage))
+        experiment = mlflow.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifacts = None
+        if not (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+            artifacts = storage.path("mlflow", "artifacts").as_uri()
+        try:
+            return mlflow.create_experiment(self.experiment, artifact_location=artifacts)
+        except Exception:  # created concurrently by another run
+            experiment = mlflow.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id

@@ -1,0 +1,257 @@
+"""``image_tokenizer``: a VQ image tokenizer trained on TRAIN-split images, measured on VALIDATE."""
+
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+from pydantic import Field
+
+from assets import paths
+from cxr.previews import markdown_image, markdown_table
+from pipelines.lineage import record_lineage
+from pipelines.resources import MLflowResource, StorageResource
+
+REPO_SHARED_COVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid_chestxray"
+
+
+class ImageTokenizerConfig(dg.Config):
+    """Preset, optimisation and measurement of the VQ tokenizer."""
+
+    preset: str = Field(
+        default="small",
+        description="debug (tests), small (CPU demo: 128 px, 16x16 codes), chexmix (512 px, "
+        "32x32 = 1,024 codes from 8,192 entries; for GPUs)",
+    )
+    steps: int = Field(default=600, description="Optimizer steps")
+    batch_size: int = Field(default=16, description="Images per step")
+    lr: float = Field(default=1e-3, description="Peak learning rate")
+    adversarial_weight: float = Field(
+        default=0.0, description="PatchGAN hinge loss weight (0 = off)"
+    )
+    adversarial_start_step: int = Field(default=0, description="Discriminator warm-up steps")
+    seed: int = Field(default=0, description="Seed of init, sampling and shuffling")
+    max_val_images: int = Field(default=256, description="VALIDATE images used for metrics")
+    device: str = Field(default="cpu", description="torch device (cpu, cuda)")
+    taming_checkpoint: str = Field(
+        default="",
+        description="Instead of training: import a Chameleon/CheXmix taming vqgan.ckpt from this "
+        "local path (strict key check) with the chexmix preset (3 input channels)",
+    )
+    real_check_dir: str = Field(
+        default="auto",
+        description="Folder of real CXR PNG/JPEG files for a PSNR check (not training data). "
+        "'auto' = ../shared/data/covid_chestxray/images next to the repo when present; '' = skip",
+    )
+    real_check_images: int = Field(default=64, description="Real images used for that check")
+
+
+def split_images(
+    storage: StorageResource, split: str, limit: int | None = None, seed: int = 0
+) -> Iterator[np.ndarray]:
+    """Stream decoded images of one split, shard by shard (shuffled order within a buffer)."""
+    images_glob = str(storage.path(*paths.IMAGES_DIR) / "shard-[0-9][0-9][0-9][0-9][0-9].parquet")
+    con = duckdb.connect()
+    order = f"hash(image_id || '{seed}')" if seed else "image_id"
+    limit_sql = f"LIMIT {int(limit)}" if limit else ""
+    reader = con.sql(
+        f"""SELECT i.pixels, i.height, i.width FROM read_parquet('{images_glob}') i
+            JOIN read_parquet('{storage.path(*paths.SPLITS)}') s USING (study_id)
+            WHERE s.split = '{split}' ORDER BY {order} {limit_sql}"""
+    ).to_arrow_reader(256)
+    for batch in reader:
+        for row in batch.to_pylist():
+            yield np.frombuffer(row["pixels"], dtype=np.uint8).reshape(row["height"], row["width"])
+    con.close()
+
+
+def train_batches(
+    storage: StorageResource, batch_size: int, seed: int, buffer: int = 512
+) -> Iterator[np.ndarray]:
+    """Endless shuffled (buffered) batches of TRAIN images, epoch after epoch; bounded memory."""
+    rng = random.Random(seed)
+    epoch = 0
+    while True:
+        pool: list[np.ndarray] = []
+        seen = 0
+        for image in split_images(storage, "train", seed=seed + epoch + 1):
+            seen += 1
+            pool.append(image)
+            if len(pool) >= buffer:
+                rng.shuffle(pool)
+                while len(pool) >= batch_size:
+                    yield np.stack([pool.pop() for _ in range(batch_size)])
+        rng.shuffle(pool)
+        while len(pool) >= batch_size:
+            yield np.stack([pool.pop() for _ in range(batch_size)])
+        if seen < batch_size:
+            raise dg.Failure(f"only {seen} TRAIN images; need at least batch_size={batch_size}")
+        epoch += 1
+
+
+def real_check_images(folder: Path, count: int, size: int) -> np.ndarray | None:
+    """Up to ``count`` real radiographs from a folder, through the raster pixel chain."""
+    from cxr.errors import ImageRejected
+    from cxr.pixels import PixelConfig, decode_raster
+
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    images = []
+    for path in files[:count]:
+        try:
+            images.append(decode_raster(path, PixelConfig(image_size=size)).pixels)
+        except ImageRejected:
+            continue
+    return np.stack(images) if images else None
+
+
+@dg.asset(
+    group_name="tokenization",
+    code_version="1",
+    deps=["cxr_images", "splits"],
+    kinds={"pytorch", "mlflow"},
+    description="VQ image tokenizer (encoder, vector quantizer, decoder) trained on TRAIN-split "
+    "images; PSNR/SSIM/codebook usage on VALIDATE (and on real CXRs) in MLflow and here.",
+)
+def image_tokenizer(
+    context: dg.AssetExecutionContext,
+    config: ImageTokenizerConfig,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+) -> dg.MaterializeResult:
+    """Train (or import) the tokenizer into ``tokenizers/image``."""
+    import mlflow
+    import torch
+
+    from models.vq_tokenizer import (
+        VQTokenizer,
+        checkpoint_sha256,
+        config_from_preset,
+        import_taming_checkpoint,
+        save_checkpoint,
+    )
+    from models.vq_train import VQTrainConfig, evaluate_vq, recon_grid_png, train_vq
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    val = list(split_images(storage, "validate", limit=config.max_val_images))
+    if not val:
+        val = list(split_images(storage, "test", limit=config.max_val_images))
+        context.log.warning("VALIDATE split is empty; measuring on TEST images instead")
+    if not val:
+        raise dg.Failure("no VALIDATE or TEST images to measure the tokenizer on")
+    val_images = np.stack(val)
+    experiment_id = mlflow_tracking.experiment_id(storage)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="image_tokenizer") as run:
+        mlflow.set_tags({"dagster_run_id": context.run.run_id, "asset": "image_tokenizer"})
+        if config.taming_checkpoint:
+            vq_config = config_from_preset("chexmix", in_channels=3)
+            model: VQTokenizer = import_taming_checkpoint(config.taming_checkpoint, vq_config)
+            history: list = []
+        else:
+            vq_config = config_from_preset(config.preset)
+            model = VQTokenizer(vq_config).to(config.device)
+            train_config = VQTrainConfig(
+                steps=config.steps,
+                lr=config.lr,
+                batch_size=config.batch_size,
+                adversarial_weight=config.adversarial_weight,
+                adversarial_start_step=config.adversarial_start_step,
+                seed=config.seed,
+                log_every=max(1, config.steps // 20),
+            )
+            mlflow.log_params({f"train.{k}": v for k, v in vars(train_config).items()})
+
+            def log(step: int, metrics: dict) -> None:
+                numeric = {
+                    k: float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and np.isfinite(v)
+                }
+                mlflow.log_metrics(numeric, step=step)
+
+            batches = (
+                torch.from_numpy(b) for b in train_batches(storage, config.batch_size, config.seed)
+            )
+            result = train_vq(model, batches, val_images, train_config, log=log)
+            history = getattr(result, "history", [])
+        mlflow.log_params({f"vq.{k}": v for k, v in vq_config.to_dict().items()})
+        model.eval()
+        metrics = evaluate_vq(model, val_images)
+        mlflow.log_metrics(
+            {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        )
+        real_metrics = {}
+        real_dir = config.real_check_dir
+        if real_dir == "auto":
+            real_dir = str(REPO_SHARED_COVID / "images") if REPO_SHARED_COVID.is_dir() else ""
+        if real_dir:
+            real = real_check_images(Path(real_dir), config.real_check_images, vq_config.image_size)
+            if real is not None:
+                real_metrics = {
+                    f"real_{k}": float(v)
+                    for k, v in evaluate_vq(model, real).items()
+                    if isinstance(v, int | float)
+                }
+                mlflow.log_metrics(real_metrics)
+        shown = torch.from_numpy(val_images[:8])
+        with torch.inference_mode():
+            recon = (
+                model.reconstruct(shown)
+                if hasattr(model, "reconstruct")
+                else model.decode(model.encode(shown))
+            )
+        grid = recon_grid_png(shown, recon)
+        mlflow.log_image(_png_array(grid), "reconstructions.png")
+        out = storage.path(*paths.IMAGE_TOKENIZER_DIR)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(model.cpu(), tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        sha = checkpoint_sha256(out)
+        mlflow.log_artifacts(str(out), artifact_path="checkpoint")
+        mlflow.set_tag("checkpoint_sha256", sha)
+        run_id = run.info.run_id
+    lineage = record_lineage(
+        context,
+        storage,
+        [str(out)],
+        sha,
+        inputs=["cxr_images", "splits"],
+        config={**config.model_dump(), "vq": vq_config.to_dict()},
+    )
+    rows = [
+        {"metric": k, "value": f"{float(v):.4f}"}
+        for k, v in {**metrics, **real_metrics}.items()
+        if isinstance(v, int | float)
+    ]
+    context.log.info(f"image tokenizer: {metrics}")
+    return dg.MaterializeResult(
+        metadata={
+            "preset": config.preset if not config.taming_checkpoint else "imported",
+            "codes_per_image": vq_config.codes_per_image,
+            "codebook_size": vq_config.codebook_size,
+            "num_val_images": len(val_images),
+            **{f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            **real_metrics,
+            "metrics": dg.MetadataValue.md(markdown_table(rows, ["metric", "value"])),
+            "reconstructions": dg.MetadataValue.md(markdown_image(grid, "originals / recons")),
+            "train_log_points": len(history),
+            "mlflow_run_id": run_id,
+            "mlflow_tracking_uri": mlflow_tracking.resolved_uri(storage),
+            "path": dg.MetadataValue.path(str(out)),
+            "sha256": sha,
+            **lineage,
+        },
+        data_version=dg.DataVersion(sha),
+    )
+
+
+def _png_array(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

@@ -1,0 +1,156 @@
+"""``token_shards``: raw image codes + report token ids + labels per image, Parquet shards."""
+
+import dataclasses
+import json
+from typing import Any
+
+import dagster as dg
+import duckdb
+from pydantic import Field
+
+from assets import paths
+from cxr.previews import markdown_table
+from cxr.token_shards import (
+    ShardTokenizer,
+    TokenTask,
+    finalize_token_shards,
+    plan_token_shards,
+)
+from pipelines.lineage import content_hash_of, record_lineage
+from pipelines.resources import RayResource, StorageResource
+
+
+class TokenShardsConfig(dg.Config):
+    """Parallelism of tokenization."""
+
+    batch_size: int = Field(default=64, description="Images per encoder forward pass")
+    use_ray: bool = Field(
+        default=True, description="Ray Data actors (one tokenizer per worker); False = in-process"
+    )
+    num_workers: int = Field(default=2, description="Tokenizer actors (Ray)")
+    device: str = Field(default="cpu", description="cpu, or cuda for GPU workers")
+
+
+def run_token_tasks(
+    tasks: list[TokenTask],
+    kwargs: dict[str, Any],
+    config: TokenShardsConfig,
+    ray_resource: RayResource | None,
+) -> list[dict[str, Any]]:
+    """Tokenize every shard, with Ray Data actors when ``ray_resource`` is given."""
+    if ray_resource is None or not tasks:
+        worker = ShardTokenizer(**kwargs) if tasks else None
+        return [worker.process(t) for t in tasks] if worker else []
+    import ray.data
+
+    ray_resource.ensure_started()
+    gpu = config.device.startswith("cuda")
+    dataset = ray.data.from_items([dataclasses.asdict(t) for t in tasks])
+    summaries = dataset.map_batches(
+        ShardTokenizer,
+        fn_constructor_kwargs=kwargs,
+        batch_size=1,
+        concurrency=max(1, min(config.num_workers, len(tasks))),
+        num_cpus=0 if gpu else 1,
+        num_gpus=1 if gpu else 0,
+    ).take_all()
+    return summaries
+
+
+@dg.asset(
+    group_name="tokenization",
+    code_version="1",
+    deps=["cxr_images", "splits", "report_sections", "finding_labels", "vocabulary"],
+    kinds={"parquet", "ray"},
+    description="One row per decoded image: ids, split, view, RAW image codes (int16), report "
+    "token ids, the 14 labels; tokenizer and preprocessing hashes in the file metadata; "
+    "_manifest.json written last.",
+)
+def token_shards(
+    context: dg.AssetExecutionContext,
+    config: TokenShardsConfig,
+    storage: StorageResource,
+    ray: RayResource,
+) -> dg.MaterializeResult:
+    """Tokenize every image shard into ``tokens/shard-NNNNN.parquet``."""
+    images_dir = storage.path(*paths.IMAGES_DIR)
+    image_manifest = json.loads((images_dir / "_manifest.json").read_text())
+    vocab_json = storage.path(*paths.VOCABULARY).read_text()
+    hashes = {
+        "image_tokenizer_sha256": content_hash_of("image_tokenizer", storage),
+        "text_tokenizer_sha256": content_hash_of("text_tokenizer", storage),
+        "pixel_config_hash": image_manifest["pixel_config_hash"],
+        "vocabulary_sha256": content_hash_of("vocabulary", storage),
+    }
+    tokenizer_hash = "|".join(hashes[k] for k in sorted(hashes))
+    out_dir = storage.path(*paths.TOKENS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = storage.path(*paths.TOKENS_PLAN)
+    tasks = plan_token_shards(
+        images_dir,
+        [s for s in image_manifest["shards"] if s["num_images"]],
+        storage.path(*paths.SPLITS),
+        storage.path(*paths.REPORT_SECTIONS),
+        storage.path(*paths.FINDING_LABELS),
+        plan_path,
+        tokenizer_hash,
+    )
+    kwargs = {
+        "vq_dir": str(storage.path(*paths.IMAGE_TOKENIZER_DIR)),
+        "text_tokenizer_dir": str(storage.path(*paths.TEXT_TOKENIZER_DIR)),
+        "images_dir": str(images_dir),
+        "plan_path": str(plan_path),
+        "out_dir": str(out_dir),
+        "file_metadata": {
+            f"chexmix.{k}": v for k, v in {**hashes, "vocabulary": vocab_json}.items()
+        },
+        "batch_size": config.batch_size,
+        "device": config.device,
+    }
+    summaries = run_token_tasks(tasks, kwargs, config, ray if config.use_ray else None)
+    content_hash = finalize_token_shards(
+        out_dir, summaries, {**hashes, "vocabulary": json.loads(vocab_json)}
+    )
+    glob = str(out_dir / "shard-[0-9][0-9][0-9][0-9][0-9].parquet")
+    storage.catalog().register_views({"token_shards": glob})
+    per_split = (
+        duckdb.connect()
+        .execute(
+            f"""SELECT split, count(*) AS images, count(DISTINCT study_id) AS studies,
+                   round(avg(len(text_ids)), 1) AS mean_text_tokens
+            FROM read_parquet('{glob}') GROUP BY split ORDER BY split"""
+        )
+        .fetchall()
+    )
+    lineage = record_lineage(
+        context,
+        storage,
+        [str(out_dir / "_manifest.json"), glob],
+        content_hash,
+        inputs=["cxr_images", "splits", "report_sections", "finding_labels", "vocabulary"],
+        config={**config.model_dump(), **hashes},
+    )
+    num_rows = sum(s["num_rows"] for s in summaries)
+    return dg.MaterializeResult(
+        metadata={
+            "num_rows": num_rows,
+            "num_shards": len(summaries),
+            "num_shards_reused": sum(1 for s in summaries if s["reused"]),
+            "per_split": dg.MetadataValue.md(
+                markdown_table(
+                    [
+                        dict(
+                            zip(("split", "images", "studies", "mean_text_tokens"), r, strict=True)
+                        )
+                        for r in per_split
+                    ],
+                    ["split", "images", "studies", "mean_text_tokens"],
+                )
+            ),
+            **hashes,
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "content_hash": content_hash,
+            **lineage,
+        },
+        data_version=dg.DataVersion(content_hash),
+    )

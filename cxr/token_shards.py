@@ -1,0 +1,280 @@
+"""Token shards: every decoded image as raw VQ codes, with its report's token ids and labels.
+
+One token shard per image shard (``tokens/shard-NNNNN.parquet`` from ``images/shard-NNNNN``), so
+the work splits into independent, idempotent tasks exactly like decoding: a shard whose inputs
+(image shard hash, joined report/label/split rows, tokenizer hashes) are unchanged is reused,
+and ``_manifest.json`` written last marks the set complete.
+
+Codes are stored RAW (int16, ``[0, codebook_size)``), text ids without specials; the vocabulary
+offset is applied only when training batches are built (``models.vocabulary``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cxr.curation import column_name
+from cxr.labeler import OBSERVATIONS
+from cxr.storage import atomic_path, file_sha256, write_parquet
+
+MANIFEST_NAME = "_manifest.json"
+ROW_GROUP_ROWS = 256
+LABEL_COLUMNS = tuple(column_name(o) for o in OBSERVATIONS)
+
+
+def token_schema(codes_per_image: int) -> pa.Schema:
+    """Schema of a token shard for a tokenizer with ``codes_per_image`` codes."""
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("study_id", pa.string(), nullable=False),
+            pa.field("patient_id", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("view_position", pa.string()),
+            pa.field("is_frontal", pa.bool_(), nullable=False),
+            pa.field("image_codes", pa.list_(pa.int16(), codes_per_image), nullable=False),
+            pa.field("text_ids", pa.list_(pa.int32()), nullable=False),
+            pa.field("text_source", pa.string(), nullable=False),
+            *[pa.field(c, pa.float32()) for c in LABEL_COLUMNS],
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class TokenTask:
+    """Tokenize the images of one image shard."""
+
+    shard: str
+    input_hash: str
+    num_items: int
+
+
+def plan_token_shards(
+    images_dir: Path,
+    image_shards: list[dict[str, Any]],
+    splits_path: Path,
+    sections_path: Path,
+    labels_path: Path,
+    plan_path: Path,
+    tokenizer_hash: str,
+) -> list[TokenTask]:
+    """Join images with split, text and labels per image (streamed by DuckDB) into a plan."""
+    names = [s["path"] for s in image_shards]
+    if not names:
+        return []
+    files = ", ".join(f"'{images_dir / n}'" for n in names)
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    labels = ", ".join(f"l.{c}" for c in LABEL_COLUMNS)
+    con.execute(
+        f"""CREATE VIEW joined AS
+            SELECT regexp_extract(i.filename, '(shard-[0-9]+)', 1) AS shard,
+                   i.image_id, i.study_id, i.patient_id, i.view_position, i.is_frontal,
+                   s.split, coalesce(r.text, '') AS text,
+                   coalesce(r.text_source, 'no_report') AS text_source, {labels}
+            FROM read_parquet([{files}], filename = true) i
+            LEFT JOIN read_parquet('{splits_path}') s USING (study_id)
+            LEFT JOIN read_parquet('{sections_path}') r USING (study_id)
+            LEFT JOIN read_parquet('{labels_path}') l USING (study_id)"""
+    )
+    with atomic_path(plan_path) as tmp:  # streamed to disk by DuckDB, never held in Python
+        con.execute(
+            f"COPY (SELECT * FROM joined ORDER BY shard, image_id) TO '{tmp}' "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 2048)"
+        )
+    con.execute(f"CREATE VIEW plan AS SELECT * FROM read_parquet('{plan_path}')")
+    missing = con.execute("SELECT count(*) FROM plan WHERE split IS NULL").fetchall()[0][0]
+    if missing:
+        raise ValueError(
+            f"{missing} images belong to studies that the split manifest does not list; "
+            "re-materialize splits after studies"
+        )
+    shard_hashes = {s["path"].removesuffix(".parquet"): s["sha256"] for s in image_shards}
+    rows = con.execute(
+        """SELECT shard, count(*)::INTEGER,
+                  sha256(string_agg(image_id || '|' || split || '|' || text || '|' ||
+                                    coalesce(text_source, ''), '\n' ORDER BY image_id))
+           FROM plan GROUP BY shard ORDER BY shard"""
+    ).fetchall()
+    con.close()
+    tasks = []
+    for shard, count, joined_hash in rows:
+        digest = hashlib.sha256(
+            f"{shard_hashes[shard]}|{joined_hash}|{tokenizer_hash}".encode()
+        ).hexdigest()
+        tasks.append(TokenTask(shard=shard, input_hash=digest, num_items=count))
+    return tasks
+
+
+def _existing_hash(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    value = meta.get(b"chexmix.input_hash")
+    return value.decode() if value else None
+
+
+class ShardTokenizer:
+    """Stateful tokenizer worker: loads both tokenizers once, then tokenizes whole shards.
+
+    Used as a Ray Data ``map_batches`` actor class (one instance per worker, so the model loads
+    once) or called directly in-process. Each input row is a ``TokenTask``; each output row is
+    that shard's summary.
+    """
+
+    def __init__(
+        self,
+        vq_dir: str,
+        text_tokenizer_dir: str,
+        images_dir: str,
+        plan_path: str,
+        out_dir: str,
+        file_metadata: dict[str, str],
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
+        import torch
+
+        from models.text_tokenizer import load_tokenizer
+        from models.vq_tokenizer import load_checkpoint
+
+        self.device = torch.device(device)
+        self.vq = load_checkpoint(vq_dir, map_location=self.device).eval()
+        self.text = load_tokenizer(Path(text_tokenizer_dir))
+        self.images_dir, self.out_dir = Path(images_dir), Path(out_dir)
+        self.plan_path = Path(plan_path)
+        self.batch_size = batch_size
+        self.file_metadata = {k.encode(): v.encode() for k, v in file_metadata.items()}
+        self.schema = token_schema(self.vq.codes_per_image)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        """Ray Data entry point: a batch of tasks (columns) -> a batch of summaries."""
+        tasks = [
+            TokenTask(shard=str(s), input_hash=str(h), num_items=int(n))
+            for s, h, n in zip(batch["shard"], batch["input_hash"], batch["num_items"], strict=True)
+        ]
+        summaries = [self.process(task) for task in tasks]
+        return {key: [s[key] for s in summaries] for key in summaries[0]} if summaries else {}
+
+    def encode_images(self, pixels: list[bytes], heights: list[int], widths: list[int]) -> Any:
+        """Raw codes (B, codes_per_image) int16 of a list of uint8 images."""
+        import torch
+
+        out = []
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = [
+                np.frombuffer(p, dtype=np.uint8).reshape(h, w)
+                for p, h, w in zip(
+                    pixels[start : start + self.batch_size],
+                    heights[start : start + self.batch_size],
+                    widths[start : start + self.batch_size],
+                    strict=True,
+                )
+            ]
+            images = torch.from_numpy(np.stack(chunk))
+            codes = self.vq.encode(images.to(self.device))
+            out.append(codes.reshape(codes.shape[0], -1).cpu().numpy().astype(np.int16))
+        return np.concatenate(out) if out else np.zeros((0, self.vq.codes_per_image), np.int16)
+
+    def process(self, task: TokenTask) -> dict[str, Any]:
+        """Tokenize one shard (or reuse it when its inputs are unchanged)."""
+        target = self.out_dir / f"{task.shard}.parquet"
+        if _existing_hash(target) == task.input_hash:
+            return {"shard": task.shard, "num_rows": pq.read_metadata(target).num_rows,
+                    "sha256": file_sha256(target), "reused": True}
+        plan = pq.read_table(self.plan_path, filters=[("shard", "=", task.shard)])
+        plan_rows = {r["image_id"]: r for r in plan.to_pylist()}
+        images = pq.read_table(
+            self.images_dir / f"{task.shard}.parquet",
+            columns=["image_id", "pixels", "height", "width"],
+        ).to_pydict()
+        order = sorted(range(len(images["image_id"])), key=lambda i: images["image_id"][i])
+        ids = [images["image_id"][i] for i in order]
+        codes = self.encode_images(
+            [images["pixels"][i] for i in order],
+            [images["height"][i] for i in order],
+            [images["width"][i] for i in order],
+        )
+        texts = [plan_rows[i]["text"] for i in ids]
+        encoded = self.text(texts, add_special_tokens=False)["input_ids"] if texts else []
+        rows = []
+        for index, image_id in enumerate(ids):
+            meta = plan_rows[image_id]
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "study_id": meta["study_id"],
+                    "patient_id": meta["patient_id"],
+                    "split": meta["split"],
+                    "view_position": meta["view_position"],
+                    "is_frontal": bool(meta["is_frontal"]),
+                    "image_codes": codes[index].tolist(),
+                    "text_ids": encoded[index],
+                    "text_source": meta["text_source"],
+                    **{c: meta[c] for c in LABEL_COLUMNS},
+                }
+            )
+        table = pa.Table.from_pylist(rows, schema=self.schema).replace_schema_metadata(
+            {**self.file_metadata, b"chexmix.input_hash": task.input_hash.encode()}
+        )
+        sha = write_parquet(table, target, row_group_size=ROW_GROUP_ROWS)
+        return {"shard": task.shard, "num_rows": len(rows), "sha256": sha, "reused": False}
+
+
+def finalize_token_shards(
+    out_dir: Path, summaries: list[dict[str, Any]], extra: dict[str, Any]
+) -> str:
+    """Write ``_manifest.json`` last, remove unlisted shards; return the set's content hash."""
+    from cxr.storage import combined_hash, write_json
+
+    summaries = sorted(summaries, key=lambda s: s["shard"])
+    content_hash = combined_hash([s["sha256"] for s in summaries])
+    write_json(
+        {
+            "shards": [
+                {"path": f"{s['shard']}.parquet", "num_rows": s["num_rows"], "sha256": s["sha256"]}
+                for s in summaries
+            ],
+            "num_rows": sum(s["num_rows"] for s in summaries),
+            "content_hash": content_hash,
+            **extra,
+        },
+        out_dir / MANIFEST_NAME,
+    )
+    keep = {f"{s['shard']}.parquet" for s in summaries}
+    for stale in out_dir.glob("shard-*.parquet"):
+        if stale.name not in keep:
+            stale.unlink()
+    return content_hash
+
+
+def verify_shard_set(out_dir: Path) -> dict[str, Any]:
+    """Re-hash every shard against the manifest; raise naming the first corrupt or missing file."""
+    import json
+
+    manifest_path = Path(out_dir) / MANIFEST_NAME
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path} is missing: the token shard set is incomplete")
+    manifest = json.loads(manifest_path.read_text())
+    for shard in manifest["shards"]:
+        path = Path(out_dir) / shard["path"]
+        if not path.exists():
+            raise FileNotFoundError(f"token shard {path} listed in the manifest is missing")
+        actual = file_sha256(path)
+        if actual != shard["sha256"]:
+            raise ValueError(
+                f"token shard {path} is corrupt: sha256 {actual[:16]}... but the manifest says "
+                f"{shard['sha256'][:16]}..."
+            )
+    return manifest
