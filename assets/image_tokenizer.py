@@ -134,7 +134,6 @@ def image_tokenizer(
     )
     from models.vq_train import VQTrainConfig, evaluate_vq, recon_grid_png, train_vq
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     val = list(split_images(storage, "validate", limit=config.max_val_images))
     if not val:
         val = list(split_images(storage, "test", limit=config.max_val_images))
@@ -151,6 +150,7 @@ def image_tokenizer(
             history: list = []
         else:
             vq_config = config_from_preset(config.preset)
+            torch.manual_seed(config.seed)  # the initial weights are part of the seeded run
             model = VQTokenizer(vq_config).to(config.device)
             train_config = VQTrainConfig(
                 steps=config.steps,

@@ -9,13 +9,20 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from cxr.privacy import Pseudonymizer
 from cxr.synthetic import generate_archive
 from pipelines.definitions import defs
-from pipelines.resources import PrivacyResource, RayResource, SourceResource, StorageResource
+from pipelines.resources import (
+    MLflowResource,
+    PrivacyResource,
+    RayResource,
+    SourceResource,
+    StorageResource,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +35,18 @@ REAL_FILES = [
     "torchxrayvision_tests/Fake_MONOHR1.dcm",
 ]
 TEST_SALT = "integration-salt-0123456789"
-ASSET_NAMES = ["source_manifest", "studies", "cxr_images", "ingest_quarantine"]
+ASSET_NAMES = [
+    "source_manifest",
+    "studies",
+    "cxr_images",
+    "ingest_quarantine",
+    "report_sections",
+    "finding_labels",
+    "splits",
+    "text_tokenizer",
+    "vocabulary",
+    "token_shards",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +70,7 @@ def materialize(archive: Path, storage: Path, use_ray: bool) -> dg.ExecuteInProc
         "storage": StorageResource(root=str(storage)),
         "privacy": PrivacyResource(salt=TEST_SALT),
         "ray": RayResource(num_cpus=2),
+        "mlflow_tracking": MLflowResource(),
     }
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
@@ -63,6 +82,16 @@ def materialize(archive: Path, storage: Path, use_ray: bool) -> dg.ExecuteInProc
                 },
                 # a 24-study archive carries the full set of deliberately broken files
                 "cxr_images_decode_success_rate": {"config": {"min_success_rate": 0.7}},
+                "image_tokenizer": {
+                    "config": {
+                        "preset": "debug",
+                        "steps": 30,
+                        "batch_size": 8,
+                        "real_check_images": 8,
+                    }
+                },
+                "text_tokenizer": {"config": {"vocab_size": 400}},
+                "token_shards": {"config": {"use_ray": use_ray, "num_workers": 2}},
             }
         },
         raise_on_error=True,
@@ -212,8 +241,8 @@ def test_rerun_is_idempotent_and_incremental(first_run, archive, tmp_path):
     storage, result = first_run
     # a fresh storage root, in-process decoding: byte-identical outputs
     fresh = materialize(archive, tmp_path / "storage_b", use_ray=False)
-    for asset in ASSET_NAMES:
-        key = "content_hash" if asset == "cxr_images" else "sha256"
+    for asset in ["image_tokenizer", *ASSET_NAMES]:
+        key = "content_hash" if asset in ("cxr_images", "token_shards") else "sha256"
         assert metadata(fresh, asset)[key] == metadata(result, asset)[key], asset
     # the same storage root again: nothing is re-read or re-decoded, same hashes
     again = materialize(archive, storage, use_ray=False)
@@ -270,3 +299,48 @@ def test_curation_assets_are_measured(first_run):
     assert sum(splits[f"studies/{s}"] for s in ("train", "validate", "test")) == 25
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["no_patient_in_two_splits"]
+
+
+def test_token_shards_follow_the_contract(first_run):
+    import json
+
+    from cxr.token_shards import verify_shard_set
+    from models.vocabulary import Vocabulary
+
+    storage, result = first_run
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["token_shards_valid"].passed, checks["token_shards_valid"].metadata
+    manifest = verify_shard_set(storage / "tokens")
+    vocab = Vocabulary.load(storage / "tokenizers" / "vocabulary.json")
+    assert manifest["vocabulary"] == json.loads(vocab.to_json())
+    table = pq.read_table(storage / "tokens" / manifest["shards"][0]["path"])
+    meta = table.schema.metadata
+    assert (
+        meta[b"chexmix.image_tokenizer_sha256"].decode()
+        == metadata(result, "image_tokenizer")["sha256"]
+    )
+    row = table.slice(0, 1).to_pylist()[0]
+    assert len(row["image_codes"]) == 64  # debug preset: 8 x 8 codes
+    assert table.schema.field("image_codes").type.value_type == pa.int16()
+    sequence = vocab.sequence(np.array(row["image_codes"]), np.array(row["text_ids"]))
+    assert sequence[0] == vocab.image_start_id and sequence[-1] == vocab.image_start_id
+    assert (
+        metadata(result, "token_shards")["num_rows"] == metadata(result, "cxr_images")["num_images"]
+    )
+
+
+def test_a_corrupt_token_shard_is_named(first_run, tmp_path):
+    from cxr.token_shards import verify_shard_set
+
+    storage, _ = first_run
+    copy = tmp_path / "tokens"
+    shutil.copytree(storage / "tokens", copy)
+    victim = sorted(copy.glob("shard-*.parquet"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"token shard .*{victim.name} is corrupt"):
+        verify_shard_set(copy)
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=victim.name):
+        verify_shard_set(copy)
