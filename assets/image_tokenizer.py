@@ -1,19 +1,18 @@
 """``image_tokenizer``: a VQ image tokenizer trained on TRAIN-split images, measured on VALIDATE."""
 
-import random
+import dataclasses
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import numpy as np
 from pydantic import Field
 
 from assets import paths
+from cxr.image_batches import split_images, train_batches
 from cxr.previews import markdown_image, markdown_table
 from pipelines.lineage import record_lineage
-from pipelines.resources import MLflowResource, StorageResource
+from pipelines.resources import MLflowResource, RayResource, StorageResource
 
 REPO_SHARED_COVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid_chestxray"
 
@@ -36,6 +35,11 @@ class ImageTokenizerConfig(dg.Config):
     seed: int = Field(default=0, description="Seed of init, sampling and shuffling")
     max_val_images: int = Field(default=256, description="VALIDATE images used for metrics")
     device: str = Field(default="cpu", description="torch device (cpu, cuda)")
+    num_workers: int = Field(
+        default=1,
+        description="1 = train in this process (CPU default); N > 1 = Ray Train DDP on N workers "
+        "(local Ray or $RAY_ADDRESS), codebook statistics all-reduced across workers",
+    )
     taming_checkpoint: str = Field(
         default="",
         description="Instead of training: import a Chameleon/CheXmix taming vqgan.ckpt from this "
@@ -49,47 +53,8 @@ class ImageTokenizerConfig(dg.Config):
     real_check_images: int = Field(default=64, description="Real images used for that check")
 
 
-def split_images(
-    storage: StorageResource, split: str, limit: int | None = None, seed: int = 0
-) -> Iterator[np.ndarray]:
-    """Stream decoded images of one split, shard by shard (shuffled order within a buffer)."""
-    images_glob = str(storage.path(*paths.IMAGES_DIR) / "shard-[0-9][0-9][0-9][0-9][0-9].parquet")
-    con = duckdb.connect()
-    order = f"hash(image_id || '{seed}')" if seed else "image_id"
-    limit_sql = f"LIMIT {int(limit)}" if limit else ""
-    reader = con.sql(
-        f"""SELECT i.pixels, i.height, i.width FROM read_parquet('{images_glob}') i
-            JOIN read_parquet('{storage.path(*paths.SPLITS)}') s USING (study_id)
-            WHERE s.split = '{split}' ORDER BY {order} {limit_sql}"""
-    ).to_arrow_reader(256)
-    for batch in reader:
-        for row in batch.to_pylist():
-            yield np.frombuffer(row["pixels"], dtype=np.uint8).reshape(row["height"], row["width"])
-    con.close()
-
-
-def train_batches(
-    storage: StorageResource, batch_size: int, seed: int, buffer: int = 512
-) -> Iterator[np.ndarray]:
-    """Endless shuffled (buffered) batches of TRAIN images, epoch after epoch; bounded memory."""
-    rng = random.Random(seed)
-    epoch = 0
-    while True:
-        pool: list[np.ndarray] = []
-        seen = 0
-        for image in split_images(storage, "train", seed=seed + epoch + 1):
-            seen += 1
-            pool.append(image)
-            if len(pool) >= buffer:
-                rng.shuffle(pool)
-                while len(pool) >= batch_size:
-                    yield np.stack([pool.pop() for _ in range(batch_size)])
-        rng.shuffle(pool)
-        while len(pool) >= batch_size:
-            yield np.stack([pool.pop() for _ in range(batch_size)])
-        if seen < batch_size:
-            raise dg.Failure(f"only {seen} TRAIN images; need at least batch_size={batch_size}")
-        epoch += 1
+def _images_glob(storage: StorageResource) -> str:
+    return str(storage.path(*paths.IMAGES_DIR) / "shard-[0-9][0-9][0-9][0-9][0-9].parquet")
 
 
 def real_check_images(folder: Path, count: int, size: int) -> np.ndarray | None:
@@ -120,6 +85,7 @@ def image_tokenizer(
     config: ImageTokenizerConfig,
     storage: StorageResource,
     mlflow_tracking: MLflowResource,
+    ray: RayResource,
 ) -> dg.MaterializeResult:
     """Train (or import) the tokenizer into ``tokenizers/image``."""
     import mlflow
@@ -130,13 +96,15 @@ def image_tokenizer(
         checkpoint_sha256,
         config_from_preset,
         import_taming_checkpoint,
+        load_checkpoint,
         save_checkpoint,
     )
     from models.vq_train import VQTrainConfig, evaluate_vq, recon_grid_png, train_vq
 
-    val = list(split_images(storage, "validate", limit=config.max_val_images))
+    images_glob, splits_path = _images_glob(storage), storage.path(*paths.SPLITS)
+    val = list(split_images(images_glob, splits_path, "validate", limit=config.max_val_images))
     if not val:
-        val = list(split_images(storage, "test", limit=config.max_val_images))
+        val = list(split_images(images_glob, splits_path, "test", limit=config.max_val_images))
         context.log.warning("VALIDATE split is empty; measuring on TEST images instead")
     if not val:
         raise dg.Failure("no VALIDATE or TEST images to measure the tokenizer on")
@@ -161,7 +129,9 @@ def image_tokenizer(
                 seed=config.seed,
                 log_every=max(1, config.steps // 20),
             )
-            mlflow.log_params({f"train.{k}": v for k, v in vars(train_config).items()})
+            mlflow.log_params(
+                {f"train.{k}": v for k, v in dataclasses.asdict(train_config).items()}
+            )
 
             def log(step: int, metrics: dict) -> None:
                 numeric = {
@@ -171,11 +141,34 @@ def image_tokenizer(
                 }
                 mlflow.log_metrics(numeric, step=step)
 
-            batches = (
-                torch.from_numpy(b) for b in train_batches(storage, config.batch_size, config.seed)
-            )
-            result = train_vq(model, batches, val_images, train_config, log=log)
-            history = getattr(result, "history", [])
+            if config.num_workers > 1:
+                from pipelines.vq_training import fit_vq_with_ray
+
+                ray.ensure_started()
+                distributed_dir = storage.path("private", "vq_ray_checkpoint")
+                ray_metrics = fit_vq_with_ray(
+                    vq_config.to_dict(),
+                    dataclasses.asdict(train_config),
+                    images_glob,
+                    splits_path,
+                    val_images,
+                    distributed_dir,
+                    config.num_workers,
+                    use_gpu=config.device.startswith("cuda"),
+                    seed=config.seed,
+                )
+                mlflow.log_metrics(
+                    {k: float(v) for k, v in ray_metrics.items() if isinstance(v, int | float)}
+                )
+                model = load_checkpoint(distributed_dir)
+                history = [ray_metrics]
+            else:
+                batches = (
+                    torch.from_numpy(b)
+                    for b in train_batches(images_glob, splits_path, config.batch_size, config.seed)
+                )
+                result = train_vq(model, batches, val_images, train_config, log=log)
+                history = getattr(result, "history", [])
         mlflow.log_params({f"vq.{k}": v for k, v in vq_config.to_dict().items()})
         model.eval()
         metrics = evaluate_vq(model, val_images)

@@ -344,3 +344,38 @@ def test_a_corrupt_token_shard_is_named(first_run, tmp_path):
     victim.unlink()
     with pytest.raises(FileNotFoundError, match=victim.name):
         verify_shard_set(copy)
+
+
+def test_image_tokenizer_trains_on_two_ray_workers_with_synced_codebooks(first_run):
+    storage, _ = first_run
+    definitions = defs()
+    asset = next(a for a in definitions.assets if a.key.to_user_string() == "image_tokenizer")
+    result = dg.materialize(
+        [asset],
+        resources={
+            "storage": StorageResource(root=str(storage)),
+            "ray": RayResource(num_cpus=2),
+            "mlflow_tracking": MLflowResource(),
+        },
+        run_config={
+            "ops": {
+                "image_tokenizer": {
+                    "config": {
+                        "preset": "debug",
+                        "steps": 8,
+                        "batch_size": 4,
+                        "num_workers": 2,
+                        "real_check_dir": "",
+                    }
+                }
+            }
+        },
+    )
+    assert result.success
+    import mlflow
+
+    run_id = metadata(result, "image_tokenizer")["mlflow_run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow' / 'mlflow.db'}")
+    logged = mlflow.get_run(run_id).data.metrics
+    assert logged["world_size"] == 2 and logged["steps"] == 8
+    assert logged["codebook_max_abs_diff_across_workers"] == 0.0
