@@ -162,7 +162,7 @@ class VQConfig:
                     f"image_size {self.image_size} is not divisible by the downsample factor "
                     f"{self.downsample} (= 2 ** (len(channel_mult) - 1))"
                 )
-            for ch in {*self.level_channels, self.z_channels}:
+            for ch in sorted(set(self.level_channels)):
                 if ch % self.norm_groups:
                     errors.append(
                         f"channel count {ch} is not divisible by norm_groups {self.norm_groups}"
@@ -332,12 +332,18 @@ def images_to_model_input(
     return x.contiguous()
 
 
-def _chunks(t: torch.Tensor, batch_size: int | None) -> list[torch.Tensor]:
+CPU_CHUNK = 8
+"""Default encode/decode chunk on CPU: small chunks keep activations in cache (3-5x faster)."""
+
+
+def _chunks(t: torch.Tensor, batch_size: int | None, device: torch.device) -> list[torch.Tensor]:
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if t.shape[0] == 0:
         return []
-    return list(t.split(batch_size or t.shape[0]))
+    if batch_size is None:
+        batch_size = CPU_CHUNK if device.type == "cpu" else t.shape[0]
+    return list(t.split(batch_size))
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -427,6 +433,8 @@ class VQTokenizer(nn.Module):
             for module in self.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = config.dropout
+        # channels_last convolutions are 2-3x faster on CPU (oneDNN) and fine on GPU.
+        self.to(memory_format=torch.channels_last)
 
     # -- sizes -------------------------------------------------------------------------------
 
@@ -483,7 +491,7 @@ class VQTokenizer(nn.Module):
         Returns:
             float (B, code_dim, h, w).
         """
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(x.contiguous(memory_format=torch.channels_last)))
 
     def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest codebook entry (L2) for every latent vector; deterministic.
@@ -497,9 +505,12 @@ class VQTokenizer(nn.Module):
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
         embed = self.codebook.float()
-        # argmin ||z - e||^2 = argmin (||e||^2 - 2 z.e); ||z||^2 is constant per row.
-        dist = embed.pow(2).sum(dim=1)[None, :] - 2.0 * flat @ embed.t()
-        return dist.argmin(dim=1).view(b, h, w)
+        e_sq = embed.pow(2).sum(dim=1)[None, :]
+        # argmin ||z - e||^2 = argmin (||e||^2 - 2 z.e); ||z||^2 is constant per row. Rows are
+        # chunked so the distance matrix stays small (<= 64 MiB at 8,192 codes).
+        rows = max(1, (1 << 24) // embed.shape[0])
+        idx = [(e_sq - 2.0 * part @ embed.t()).argmin(dim=1) for part in flat.split(rows)]
+        return torch.cat(idx).view(b, h, w)
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
         """Looks codes up in the codebook.
@@ -531,6 +542,7 @@ class VQTokenizer(nn.Module):
         Returns:
             float (B, in_channels, S, S), unclamped.
         """
+        q = q.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(q))
 
     # -- public API --------------------------------------------------------------------------
@@ -563,7 +575,7 @@ class VQTokenizer(nn.Module):
         Args:
             images: uint8 (B, H, W) / (B, 1, H, W) or float in [-1, 1]; resized if not square
                 ``image_size``.
-            batch_size: Process in chunks of this many images (None: all at once).
+            batch_size: Chunk size (None: ``CPU_CHUNK`` on CPU, everything at once elsewhere).
 
         Returns:
             int64 (B, h, w) codes in [0, codebook_size), raster order, on CPU.
@@ -571,7 +583,7 @@ class VQTokenizer(nn.Module):
         images = _as_tensor(images)
         out = [torch.empty(0, self.grid_size, self.grid_size, dtype=torch.long)]
         with torch.inference_mode():
-            for chunk in _chunks(images, batch_size):
+            for chunk in _chunks(images, batch_size, self.conv_in_weight.device):
                 x = self.to_model_input(chunk)
                 out.append(self.nearest_codes(self.encode_latents(x)).cpu())
         return torch.cat(out)
@@ -583,7 +595,7 @@ class VQTokenizer(nn.Module):
 
         Args:
             codes: int (B, h, w) in [0, codebook_size).
-            batch_size: Process in chunks of this many grids (None: all at once).
+            batch_size: Chunk size (None: ``CPU_CHUNK`` on CPU, everything at once elsewhere).
             keep_channels: Return all ``in_channels`` channels instead of grey.
 
         Returns:
@@ -594,7 +606,7 @@ class VQTokenizer(nn.Module):
         size, c = self.config.image_size, self.config.in_channels if keep_channels else 1
         out = [torch.empty(0, c, size, size)]
         with torch.inference_mode():
-            for chunk in _chunks(codes, batch_size):
+            for chunk in _chunks(codes, batch_size, self.conv_in_weight.device):
                 rec = self.decode_latents(self.codes_to_latents(chunk)).clamp(-1.0, 1.0)
                 if not keep_channels and rec.shape[1] != 1:
                     rec = rec.mean(dim=1, keepdim=True)
