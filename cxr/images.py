@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 
 from cxr.errors import ImageRejected
 from cxr.manifest import scrub_paths
-from cxr.storage import atomic_path, file_sha256, write_parquet
+from cxr.storage import atomic_path, file_sha256, parquet_input_hash, write_parquet
+from cxr.studies import REJECTED_SCHEMA
 
 IMAGE_SCHEMA = pa.schema(
     [
@@ -53,17 +54,7 @@ IMAGE_SCHEMA = pa.schema(
         pa.field("file_sha256", pa.string(), nullable=False),
     ]
 )
-SHARD_REJECTED_SCHEMA = pa.schema(
-    [
-        pa.field("file_id", pa.string()),
-        pa.field("record_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("detail", pa.string()),
-        pa.field("exception_class", pa.string()),
-    ]
-)
+SHARD_REJECTED_SCHEMA = REJECTED_SCHEMA  # one quarantine schema for every stage
 MANIFEST_NAME = "_manifest.json"
 ROW_GROUP_IMAGES = 64
 
@@ -130,17 +121,6 @@ def plan_shards(
     return [ShardTask(shard_index=r[0], input_hash=r[1], num_items=r[2]) for r in rows]
 
 
-def _existing_hash(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowInvalid):
-        return None  # unreadable leftovers are simply redone
-    value = meta.get(b"chexmix.input_hash")
-    return value.decode() if value else None
-
-
 def process_shard(
     task: ShardTask, source_root: Path, plan_path: Path, out_dir: Path, pixel_config: Any
 ) -> dict[str, Any]:
@@ -153,7 +133,7 @@ def process_shard(
 
     shard_path = out_dir / f"{task.name}.parquet"
     rejected_path = out_dir / f"{task.name}.rejected.parquet"
-    if _existing_hash(shard_path) == task.input_hash and rejected_path.exists():
+    if parquet_input_hash(shard_path) == task.input_hash and rejected_path.exists():
         num_rows = pq.read_metadata(shard_path).num_rows
         return {
             "shard": task.name,

@@ -50,27 +50,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.observations import OBSERVATIONS
+
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent / "resources" / "chexpert_labeler_rules"
 """The CheXpert labeler's phrase and pattern files (MIT, stanfordmlgroup/chexpert-labeler at
 44ddeb3), shipped verbatim with their LICENSE in ``cxr/resources``."""
 
-OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-"""The 14 CheXpert observations, in output order."""
 
 NO_FINDING = "No Finding"
 SUPPORT_DEVICES = "Support Devices"

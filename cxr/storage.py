@@ -86,3 +86,22 @@ def combined_hash(parts: list[str]) -> str:
 def empty_table(schema: pa.Schema) -> pa.Table:
     """A zero-row table with ``schema``."""
     return schema.empty_table()
+
+
+INPUT_HASH_KEY = b"chexmix.input_hash"
+
+
+def parquet_input_hash(path: Path) -> str | None:
+    """The input hash recorded in a shard's metadata, or None if absent or unreadable.
+
+    Shards carry the hash of the inputs they were made from, so a re-run reuses a shard whose
+    inputs are unchanged and redoes any missing, partial or foreign file.
+    """
+    if not Path(path).exists():
+        return None
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    value = meta.get(INPUT_HASH_KEY)
+    return value.decode() if value else None

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from cxr.curation import column_name
 from cxr.labeler import OBSERVATIONS
-from cxr.storage import atomic_path, file_sha256, write_parquet
+from cxr.storage import atomic_path, file_sha256, parquet_input_hash, write_parquet
 
 MANIFEST_NAME = "_manifest.json"
 ROW_GROUP_ROWS = 256
@@ -114,17 +114,6 @@ def plan_token_shards(
     return tasks
 
 
-def _existing_hash(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowInvalid):
-        return None
-    value = meta.get(b"chexmix.input_hash")
-    return value.decode() if value else None
-
-
 class ShardTokenizer:
     """Stateful tokenizer worker: loads both tokenizers once, then tokenizes whole shards.
 
@@ -190,9 +179,13 @@ class ShardTokenizer:
     def process(self, task: TokenTask) -> dict[str, Any]:
         """Tokenize one shard (or reuse it when its inputs are unchanged)."""
         target = self.out_dir / f"{task.shard}.parquet"
-        if _existing_hash(target) == task.input_hash:
-            return {"shard": task.shard, "num_rows": pq.read_metadata(target).num_rows,
-                    "sha256": file_sha256(target), "reused": True}
+        if parquet_input_hash(target) == task.input_hash:
+            return {
+                "shard": task.shard,
+                "num_rows": pq.read_metadata(target).num_rows,
+                "sha256": file_sha256(target),
+                "reused": True,
+            }
         plan = pq.read_table(self.plan_path, filters=[("shard", "=", task.shard)])
         plan_rows = {r["image_id"]: r for r in plan.to_pylist()}
         images = pq.read_table(

@@ -21,27 +21,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from cxr.observations import OBSERVATIONS
+
 MAX_RENDER_SIDE = 768
 """Larger images are rendered at this size and upsampled (fine noise is added at full size)."""
 
 FRONTAL = "frontal"
 LATERAL = "lateral"
 
-RENDERABLE = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+RENDERABLE = OBSERVATIONS[1:]  # every observation but No Finding changes the image
 
 _ZONE_V = {"upper": -0.20, "middle": -0.02, "lower": 0.15}
 

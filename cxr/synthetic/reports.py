@@ -18,23 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-"""The 14 CheXpert observations, in the CheXpert CSV order."""
+from cxr.observations import OBSERVATIONS
 
 PATHOLOGIES: tuple[str, ...] = OBSERVATIONS[1:-1]
 """Observations that rule out No Finding when positive or uncertain."""
