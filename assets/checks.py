@@ -285,6 +285,115 @@ def token_shards_valid(storage: StorageResource) -> dg.AssetCheckResult:
     )
 
 
+def _stage_check(stage: int, storage: StorageResource) -> dg.AssetCheckResult:
+    import json
+    import math
+
+    from models.lm_data import iter_eval_batches, shard_paths_from_manifest
+    from models.lm_train import evaluate_lm, load_lm_checkpoint
+    from pipelines.checkpoints import verify_checkpoint
+
+    pointer = paths.STAGE1_POINTER if stage == 1 else paths.STAGE2_POINTER
+    target = json.loads(storage.path(*pointer).read_text())["path"]
+    try:
+        manifest = verify_checkpoint(target)
+    except (FileNotFoundError, ValueError) as exc:
+        return dg.AssetCheckResult(passed=False, metadata={"error": str(exc)})
+    model, info = load_lm_checkpoint(target)
+    shards = shard_paths_from_manifest(storage.path(*paths.TOKENS_DIR))
+    config = manifest["train_config"]
+    val = evaluate_lm(
+        model,
+        iter_eval_batches(
+            shards,
+            info["vocab"],
+            batch_size=config["batch_size"],
+            max_text_tokens=config["max_text_tokens"],
+            split="validate",
+            max_rows=512,
+        ),
+        info["vocab"],
+    )
+    logged = manifest["val"]["loss"]
+    history = info.get("metrics") or {}
+    finite = all(
+        math.isfinite(v)
+        for v in (val["loss"], logged, *manifest["val"].values())
+        if isinstance(v, float)
+    )
+    reproduced = abs(val["loss"] - logged) <= 1e-4 * max(1.0, abs(logged))
+    return dg.AssetCheckResult(
+        passed=finite and reproduced,
+        metadata={
+            "logged_val_loss": logged,
+            "recomputed_val_loss": float(val["loss"]),
+            "finite": finite,
+            "last_train_loss": float(history.get("loss", float("nan"))),
+        },
+    )
+
+
+@dg.asset_check(
+    asset="stage1_checkpoint",
+    blocking=True,
+    description="The published checkpoint verifies, loads, and reproduces its logged val loss.",
+)
+def stage1_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
+    """Reload stage 1 and recompute its validation loss."""
+    return _stage_check(1, storage)
+
+
+@dg.asset_check(
+    asset="stage2_checkpoint",
+    blocking=True,
+    description="The published checkpoint verifies, loads, and reproduces its logged val loss.",
+)
+def stage2_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
+    """Reload stage 2 and recompute its validation loss."""
+    return _stage_check(2, storage)
+
+
+@dg.asset_check(asset="stage1_checkpoint", description="Training losses are finite and fell.")
+def stage1_loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
+    """First vs last logged training loss of stage 1 (MLflow history)."""
+    return _loss_went_down(1, storage)
+
+
+@dg.asset_check(asset="stage2_checkpoint", description="Training losses are finite and fell.")
+def stage2_loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
+    """First vs last logged training loss of stage 2 (MLflow history)."""
+    return _loss_went_down(2, storage)
+
+
+def _loss_went_down(stage: int, storage: StorageResource) -> dg.AssetCheckResult:
+    import json
+    import math
+
+    import mlflow
+
+    from pipelines.resources import MLflowResource
+
+    pointer = paths.STAGE1_POINTER if stage == 1 else paths.STAGE2_POINTER
+    run_id = json.loads(storage.path(*pointer).read_text())["mlflow_run_id"]
+    mlflow.set_tracking_uri(MLflowResource().resolved_uri(storage))
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "loss")
+    values = [m.value for m in sorted(history, key=lambda m: m.step)]
+    if len(values) < 2:
+        return dg.AssetCheckResult(passed=False, metadata={"logged_points": len(values)})
+    window = max(1, len(values) // 5)
+    first, last = sum(values[:window]) / window, sum(values[-window:]) / window
+    finite = all(math.isfinite(v) for v in values)
+    return dg.AssetCheckResult(
+        passed=finite and last < first,
+        metadata={
+            "first_loss": first,
+            "last_loss": last,
+            "logged_points": len(values),
+            "finite": finite,
+        },
+    )
+
+
 ALL_CHECKS = [
     decode_success_rate,
     no_empty_images,
@@ -292,4 +401,8 @@ ALL_CHECKS = [
     no_patient_in_two_splits,
     label_prevalence_per_split,
     token_shards_valid,
+    stage1_checkpoint_reloads,
+    stage2_checkpoint_reloads,
+    stage1_loss_went_down,
+    stage2_loss_went_down,
 ]

@@ -25,7 +25,9 @@ class ImageTokenizerConfig(dg.Config):
         description="debug (tests), small (CPU demo: 128 px, 16x16 codes), chexmix (512 px, "
         "32x32 = 1,024 codes from 8,192 entries; for GPUs)",
     )
-    steps: int = Field(default=300, description="Optimizer steps (small preset: ~4-5 min on 2 cores)")
+    steps: int = Field(
+        default=300, description="Optimizer steps (small preset: ~4-5 min on 2 cores)"
+    )
     batch_size: int = Field(default=16, description="Images per step")
     lr: float = Field(default=1e-3, description="Peak learning rate")
     adversarial_weight: float = Field(

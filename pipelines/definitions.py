@@ -20,6 +20,7 @@ def defs() -> dg.Definitions:
     from assets.report_sections import report_sections
     from assets.source_manifest import source_manifest
     from assets.splits import splits
+    from assets.stage_checkpoints import stage1_checkpoint, stage2_checkpoint
     from assets.studies import studies
     from assets.text_tokenizer import text_tokenizer
     from assets.token_shards import token_shards
@@ -46,6 +47,8 @@ def defs() -> dg.Definitions:
             image_tokenizer,
             vocabulary,
             token_shards,
+            stage1_checkpoint,
+            stage2_checkpoint,
         ],
         asset_checks=ALL_CHECKS,
         jobs=JOBS,

@@ -22,4 +22,10 @@ tokenization_job = dg.define_asset_job(
     description="Text + image tokenizers, the vocabulary contract and the token shards.",
 )
 
-JOBS = [ingest_job, curation_job, tokenization_job]
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.groups("training"),
+    description="Stage 1 then stage 2 training on Ray Train; checkpoints published for evaluation.",
+)
+
+JOBS = [ingest_job, curation_job, tokenization_job, training_job]

@@ -1,0 +1,374 @@
+"""``stage1_checkpoint`` and ``stage2_checkpoint``: the two CheXmix training stages on Ray Train.
+
+Stage 1: next-token prediction over ``<|img|> codes <|/img|> <|endoftext|> report <|img|>``.
+Stage 2 (initialised from stage 1): masked image-language next-token prediction: per sample an
+image and a text mask ratio are drawn, those INPUT tokens become the mask id, attention stays
+causal, and the targets are the original next tokens.
+"""
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from assets import paths
+from cxr.previews import markdown_image
+from pipelines.checkpoints import publish_checkpoint
+from pipelines.lineage import content_hash_of, record_lineage
+from pipelines.resources import MLflowResource, RayResource, StorageResource
+
+CHECKPOINTS_ROOT = ("checkpoints",)
+
+
+class StageConfig(dg.Config):
+    """Model preset, optimisation and distribution of one training stage."""
+
+    lm_preset: str = Field(
+        default="small", description="debug (tests), small (CPU demo), radphi2 (32 x 2560, GPUs)"
+    )
+    steps: int = Field(default=300, description="Optimizer steps of this stage")
+    batch_size: int = Field(default=8, description="Sequences per step and per worker")
+    lr: float = Field(default=1e-3, description="Peak AdamW learning rate")
+    warmup_steps: int = Field(default=20, description="Linear warm-up steps")
+    image_loss_weight: float = Field(default=1.0, description="Weight of image-code targets")
+    text_loss_weight: float = Field(default=1.0, description="Weight of report-text targets")
+    loss_on: str = Field(
+        default="all",
+        description="Stage 2: 'all' image/text targets in the loss (default) or only 'masked' ones",
+    )
+    image_mask_ratio_max: float = Field(default=0.8, description="Stage 2: image mask ~ U(0, max)")
+    text_mask_ratio_max: float = Field(default=0.8, description="Stage 2: text mask ~ U(0, max)")
+    max_text_tokens: int = Field(default=128, description="Report tokens kept per sequence")
+    checkpoint_every: int = Field(default=100, description="Checkpoint every N steps")
+    use_ray: bool = Field(default=True, description="Ray Train (TorchTrainer); False = in-process")
+    num_workers: int = Field(default=1, description="Ray Train workers (DDP)")
+    use_gpu: bool = Field(default=False, description="One GPU per worker")
+    max_failures: int = Field(default=2, description="Worker-group restarts, each resuming")
+    dtype: str = Field(default="float32", description="float32, or bfloat16 autocast on GPUs")
+    seed: int = Field(default=0, description="Seed of init, data order and masking")
+    pretrained_path: str = Field(
+        default="",
+        description="Stage 1 only: local Phi weights (e.g. RadPhi-2) to start from; the "
+        "vocabulary is resized as CheXmix does",
+    )
+    val_max_rows: int = Field(default=512, description="VALIDATE sequences for the val loss")
+
+
+def _train_config(config: StageConfig, stage: int) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "warmup_steps": min(config.warmup_steps, max(config.steps - 1, 0)),
+        "image_loss_weight": config.image_loss_weight,
+        "text_loss_weight": config.text_loss_weight,
+        "loss_on": config.loss_on if stage == 2 else "all",
+        "image_mask_ratio_range": (0.0, config.image_mask_ratio_max),
+        "text_mask_ratio_range": (0.0, config.text_mask_ratio_max),
+        "seed": config.seed,
+        "log_every": max(1, config.steps // 50),
+        "checkpoint_every": config.checkpoint_every,
+        "max_text_tokens": config.max_text_tokens,
+        "dtype": config.dtype,
+    }
+
+
+def _loss_curve_png(history: list[dict[str, float]], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
+    steps = [h["step"] for h in history]
+    for key in ("loss", "image_loss", "text_loss"):
+        values = [h.get(key, np.nan) for h in history]
+        if any(np.isfinite(values)):
+            ax.plot(steps, values, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def train_stage(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    stage: int,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+    ray: RayResource,
+) -> dg.MaterializeResult:
+    """Run one stage, publish its final checkpoint, log everything; shared by both assets."""
+    import mlflow
+
+    from models.lm_data import iter_eval_batches, shard_paths_from_manifest
+    from models.lm_train import evaluate_lm, load_lm_checkpoint
+    from models.vocabulary import Vocabulary
+
+    tokens_dir = storage.path(*paths.TOKENS_DIR)
+    vocab_path = storage.path(*paths.VOCABULARY)
+    vocab = Vocabulary.load(vocab_path)
+    shard_paths = [str(p) for p in shard_paths_from_manifest(tokens_dir, verify=True)]
+    token_manifest = json.loads((tokens_dir / "_manifest.json").read_text())
+    run_tag = context.run.run_id[:8]
+    init_checkpoint = None
+    inputs = ["token_shards", "vocabulary"]
+    if stage == 2:
+        stage1 = json.loads(storage.path(*paths.STAGE1_POINTER).read_text())
+        init_checkpoint = stage1["path"]
+        inputs.append("stage1_checkpoint")
+    train_config = _train_config(config, stage)
+    loop_config: dict[str, Any] = {
+        "shard_paths": shard_paths,
+        "vocab_path": str(vocab_path),
+        "train": train_config,
+        "lm_preset": config.lm_preset,
+        "split": "train",
+    }
+    if init_checkpoint:
+        loop_config["init_checkpoint"] = init_checkpoint
+    if config.pretrained_path and stage == 1:
+        loop_config["pretrained_path"] = config.pretrained_path
+    hashes = {
+        "token_shards_hash": token_manifest["content_hash"],
+        "image_tokenizer_sha256": token_manifest["image_tokenizer_sha256"],
+        "text_tokenizer_sha256": token_manifest["text_tokenizer_sha256"],
+        "vocabulary_sha256": content_hash_of("vocabulary", storage),
+    }
+    experiment_id = mlflow_tracking.experiment_id(storage)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"stage{stage}") as run:
+        from cxr.lineage import git_code_version
+
+        mlflow.set_tags(
+            {
+                "dagster_run_id": context.run.run_id,
+                "stage": str(stage),
+                "code_version": git_code_version(),
+            }
+        )
+        mlflow.log_params(
+            {
+                **{f"train.{k}": v for k, v in train_config.items()},
+                **{k: v for k, v in config.model_dump().items() if k not in train_config},
+                **hashes,
+            }
+        )
+        history, summary, final = _run(
+            context, config, loop_config, storage, ray, stage, run_tag, shard_paths, vocab
+        )
+        for row in history:
+            mlflow.log_metrics(
+                {k: float(v) for k, v in row.items() if k != "step" and np.isfinite(v)},
+                step=int(row["step"]),
+            )
+        model, info = load_lm_checkpoint(final)
+        val = evaluate_lm(
+            model,
+            iter_eval_batches(
+                shard_paths,
+                vocab,
+                batch_size=config.batch_size,
+                max_text_tokens=config.max_text_tokens,
+                split="validate",
+                max_rows=config.val_max_rows,
+            ),
+            vocab,
+        )
+        mlflow.log_metrics(
+            {f"val_{k}": float(v) for k, v in val.items() if isinstance(v, int | float)}
+        )
+        curve = _loss_curve_png(history, f"stage {stage}") if history else b""
+        if curve:
+            mlflow.log_image(_png_array(curve), f"stage{stage}_loss.png")
+        step = int(info["step"])
+        target = storage.path(*CHECKPOINTS_ROOT, f"stage{stage}", f"step_{step:06d}-{run_tag}")
+        manifest = publish_checkpoint(
+            Path(final),
+            target,
+            {
+                "stage": stage,
+                "step": step,
+                "lm_preset": config.lm_preset,
+                "val": {k: float(v) for k, v in val.items() if isinstance(v, int | float)},
+                "mlflow_run_id": run.info.run_id,
+                "dagster_run_id": context.run.run_id,
+                "code_version": git_code_version(),
+                "train_config": train_config,
+                "init_checkpoint": init_checkpoint,
+                **hashes,
+            },
+        )
+        mlflow.set_tag("checkpoint_path", str(target))
+        mlflow_run_id = run.info.run_id
+    pointer = storage.path(*(paths.STAGE1_POINTER if stage == 1 else paths.STAGE2_POINTER))
+    from cxr.storage import write_json
+
+    write_json(
+        {
+            "path": str(target),
+            "content_hash": manifest["content_hash"],
+            "step": step,
+            "mlflow_run_id": mlflow_run_id,
+        },
+        pointer,
+    )
+    lineage = record_lineage(
+        context,
+        storage,
+        [str(target), str(pointer)],
+        manifest["content_hash"],
+        inputs=inputs,
+        config={**config.model_dump(), **hashes},
+    )
+    first = history[0] if history else {}
+    last = history[-1] if history else {}
+    metadata: dict[str, Any] = {
+        "steps": step,
+        "first_loss": float(first.get("loss", np.nan)),
+        "final_loss": float(last.get("loss", np.nan)),
+        "final_image_loss": float(last.get("image_loss", np.nan)),
+        "final_text_loss": float(last.get("text_loss", np.nan)),
+        **{f"val_{k}": float(v) for k, v in val.items() if isinstance(v, int | float)},
+        "tokens_per_second": float(summary.get("tokens_per_second", np.nan)),
+        "world_size": int(summary.get("world_size", 1)),
+        "resumed_from_step": int(summary.get("start_step", 0)),
+        "checkpoint": dg.MetadataValue.path(str(target)),
+        "mlflow_run_id": mlflow_run_id,
+        **hashes,
+        **lineage,
+    }
+    if curve:
+        metadata["loss_curve"] = dg.MetadataValue.md(markdown_image(curve, "loss"))
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(manifest["content_hash"])
+    )
+
+
+def _run(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    loop_config: dict[str, Any],
+    storage: StorageResource,
+    ray: RayResource,
+    stage: int,
+    run_tag: str,
+    shard_paths: list[str],
+    vocab: Any,
+) -> tuple[list[dict[str, float]], dict[str, Any], str]:
+    """Train; return (history, summary, final complete checkpoint path)."""
+    if config.use_ray:
+        from pipelines.ray_training import fit_with_ray
+
+        ray.ensure_started()
+        result = fit_with_ray(
+            loop_config,
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            storage_path=str(storage.path(*CHECKPOINTS_ROOT, "ray")),
+            run_name=f"stage{stage}-{context.run.run_id}",
+            max_failures=config.max_failures,
+        )
+        summary = {**result.get("worker_summary", {}), "start_step": result.get("start_step", 0)}
+        history = summary.get("history") or [
+            {"step": float(result["steps"]), **result.get("metrics", {})}
+        ]
+        return [h for h in history if isinstance(h, dict)], summary, str(result["checkpoint_path"])
+    import torch
+
+    from models.early_fusion import build_model, lm_config_from_preset
+    from models.lm_data import TokenShardBatches
+    from models.lm_train import LMTrainConfig, load_lm_checkpoint, train_lm
+
+    train_config = LMTrainConfig.from_dict(loop_config["train"])
+    lm_config = lm_config_from_preset(config.lm_preset)
+    torch.manual_seed(config.seed)
+    if loop_config.get("init_checkpoint"):
+        model, _ = load_lm_checkpoint(loop_config["init_checkpoint"])
+        model.train()
+    else:
+        max_positions = _max_positions(shard_paths, train_config.max_text_tokens)
+        model = build_model(lm_config, vocab, max_positions)
+    data = TokenShardBatches(
+        shard_paths,
+        vocab,
+        train_config.batch_size,
+        train_config.max_text_tokens,
+        split="train",
+        seed=config.seed,
+    )
+    checkpoint_dir = storage.path(*CHECKPOINTS_ROOT, "local", f"stage{stage}-{run_tag}")
+    result = train_lm(
+        model,
+        data,
+        train_config,
+        checkpoint_dir=checkpoint_dir,
+        lm_config=lm_config.to_dict() if hasattr(lm_config, "to_dict") else None,
+    )
+    summary = {
+        "tokens_per_second": result.tokens_per_second,
+        "world_size": 1,
+        "start_step": result.start_step,
+    }
+    return result.history, summary, str(result.final_checkpoint)
+
+
+def _max_positions(shard_paths: list[str], max_text_tokens: int) -> int:
+    import pyarrow.parquet as pq
+
+    codes = pq.read_schema(shard_paths[0]).field("image_codes").type.list_size
+    return codes + max_text_tokens + 4
+
+
+def _png_array(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+@dg.asset(
+    group_name="training",
+    code_version="1",
+    deps=["token_shards", "vocabulary"],
+    kinds={"pytorch", "ray", "mlflow"},
+    description="Stage 1: plain next-token prediction over image codes and report tokens "
+    "(loss on both, per-modality weights, padding never in the loss), on Ray Train.",
+)
+def stage1_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+    ray: RayResource,
+) -> dg.MaterializeResult:
+    """Train stage 1 and publish its final checkpoint."""
+    return train_stage(context, config, 1, storage, mlflow_tracking, ray)
+
+
+@dg.asset(
+    group_name="training",
+    code_version="1",
+    deps=["stage1_checkpoint"],
+    kinds={"pytorch", "ray", "mlflow"},
+    description="Stage 2 (from stage 1): masked image-language next-token prediction: random "
+    "image/text input tokens replaced by the mask id, targets the original next tokens.",
+)
+def stage2_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+    ray: RayResource,
+) -> dg.MaterializeResult:
+    """Train stage 2 from the stage-1 checkpoint and publish its final checkpoint."""
+    return train_stage(context, config, 2, storage, mlflow_tracking, ray)

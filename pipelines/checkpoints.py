@@ -1,0 +1,71 @@
+"""Publishing finished LM checkpoints where the evaluation side finds them.
+
+``<storage>/checkpoints/stage{1,2}/step_NNNNNN-<run>/`` holds the model files copied from the
+training run, and ``checkpoint.json`` (written LAST, atomically) says what it is: stage, step,
+the exact token shards, tokenizers and vocabulary it was trained on, its validation metrics, the
+MLflow run and the code version, plus a sha256 per file so a missing or altered file is caught
+before use. A folder without ``checkpoint.json`` is not a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cxr.storage import combined_hash, file_sha256, write_json
+
+CHECKPOINT_MANIFEST = "checkpoint.json"
+
+
+def publish_checkpoint(source: Path, target: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Copy a complete training checkpoint to ``target`` and write its manifest last."""
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    files = {
+        p.relative_to(staging).as_posix(): file_sha256(p)
+        for p in sorted(staging.rglob("*"))
+        if p.is_file()
+    }
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    manifest = {
+        **info,
+        "files": files,
+        "content_hash": combined_hash([f"{k}:{v}" for k, v in files.items()]),
+    }
+    write_json(manifest, target / CHECKPOINT_MANIFEST)
+    return manifest
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """The manifest of a published checkpoint, after re-hashing every file it lists.
+
+    Raises:
+        FileNotFoundError: No manifest (incomplete) or a listed file is missing.
+        ValueError: A file's content changed.
+    """
+    path = Path(path)
+    manifest_path = path / CHECKPOINT_MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{path} has no {CHECKPOINT_MANIFEST}: not a complete checkpoint")
+    manifest = json.loads(manifest_path.read_text())
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.exists():
+            raise FileNotFoundError(f"checkpoint file {file} listed in the manifest is missing")
+        actual = file_sha256(file)
+        if actual != expected:
+            raise ValueError(
+                f"checkpoint file {file} is corrupt: sha256 {actual[:16]}... but the manifest "
+                f"says {expected[:16]}..."
+            )
+    return manifest
+
+
+def list_published(root: Path) -> list[Path]:
+    """Every complete published checkpoint under ``root`` (any stage), sorted by path."""
+    return sorted(p.parent for p in Path(root).glob(f"*/*/{CHECKPOINT_MANIFEST}"))
