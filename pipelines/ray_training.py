@@ -35,7 +35,8 @@ V2 behaviour): use a fresh run name (or storage path) for a fresh run.
 - ``init_checkpoint`` (str, optional): start from the weights of a ``train_lm`` checkpoint
   (stage 2 after stage 1); ``pretrained_path`` (str, optional): start from local Phi weights
   (``load_pretrained``);
-- ``parallel_strategy``: ``"ddp"`` (default), ``"fsdp"`` (GPU) or None;
+- ``parallel_strategy``: ``"ddp"`` (default), ``"fsdp"`` (GPU; wraps each ``PhiDecoderLayer``,
+  ``use_orig_params=True``) or None; ``parallel_strategy_kwargs`` (dict) are passed on;
 - ``fault_injection`` (dict, drills and tests only): ``{"rank", "step", "marker"}``: the
   worker of that rank raises before step ``step`` unless the ``marker`` file exists (it is
   created first), so the failure fires once.
@@ -51,12 +52,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
-
-from models.lm_train import LMTrainConfig
 from models.vocabulary import Vocabulary
+
+if TYPE_CHECKING:  # torch and transformers load only where training happens
+    from models.lm_train import LMTrainConfig
 
 __all__ = ["fit_with_ray", "resolve_shard_paths", "train_loop_per_worker"]
 
@@ -85,6 +86,8 @@ def _vocab(config: dict[str, Any]) -> Vocabulary:
 
 
 def _codes_per_image(shard_path: str) -> int:
+    import pyarrow.parquet as pq
+
     return int(pq.read_schema(shard_path).field("image_codes").type.list_size)
 
 
@@ -115,6 +118,24 @@ def _build_model(config: dict[str, Any], vocab: Vocabulary, cfg: LMTrainConfig) 
     return build_model(lm_cfg, vocab, int(max_positions))
 
 
+def _strategy_kwargs(strategy: str | None, config: dict[str, Any]) -> dict[str, Any] | None:
+    """``prepare_model`` kwargs: FSDP shards per decoder layer and keeps parameter names."""
+    if strategy != "fsdp":
+        return config.get("parallel_strategy_kwargs")
+    import functools
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from transformers.models.phi.modeling_phi import PhiDecoderLayer
+
+    return {
+        "auto_wrap_policy": functools.partial(
+            transformer_auto_wrap_policy, transformer_layer_cls={PhiDecoderLayer}
+        ),
+        "use_orig_params": True,
+        **config.get("parallel_strategy_kwargs", {}),
+    }
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train per-worker function (see the module docstring for ``config``).
 
@@ -129,7 +150,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     from models.early_fusion import lm_config_from_preset
     from models.lm_data import TokenShardBatches
-    from models.lm_train import train_lm
+    from models.lm_train import LMTrainConfig, train_lm
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -137,7 +158,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     cfg = LMTrainConfig.from_dict(config["train"])
     model = _build_model(config, vocab, cfg)
     strategy = config.get("parallel_strategy", "ddp")
-    model = ray.train.torch.prepare_model(model, parallel_strategy=strategy)
+    model = ray.train.torch.prepare_model(
+        model,
+        parallel_strategy=strategy,
+        parallel_strategy_kwargs=_strategy_kwargs(strategy, config),
+    )
     data = TokenShardBatches(
         resolve_shard_paths(config),
         vocab,
@@ -169,6 +194,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         else:
             ray.train.report({"step": step}, checkpoint=None)
 
+    def log(step: int, metrics: dict[str, float]) -> None:
+        if rank == 0:
+            logger.info(
+                "step %d/%d loss %.4f image %.4f text %.4f lr %.2e %.0f tok/s",
+                step,
+                cfg.steps,
+                metrics["loss"],
+                metrics["image_loss"],
+                metrics["text_loss"],
+                metrics["lr"],
+                metrics["tokens_per_s"],
+            )
+
     fault = config.get("fault_injection")
 
     def should_stop(step: int) -> bool:
@@ -192,6 +230,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 cfg,
                 checkpoint_dir=local_dir,
                 resume_from=resume_from,
+                log=log,
                 on_checkpoint=on_checkpoint,
                 should_stop=should_stop,
                 lm_config=lm_meta,
@@ -206,6 +245,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_second": result.tokens_per_second,
         "last_metrics": result.last_metrics,
         "world_size": world,
+        "history": result.history,  # rank 0's logged rows, for MLflow and the loss curve
     }
 
 
@@ -264,6 +304,8 @@ def fit_with_ray(
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from models.lm_train import LMTrainConfig
 
     LMTrainConfig.from_dict(train_loop_config["train"])  # fail fast, in the driver
     _vocab(train_loop_config)

@@ -1,0 +1,905 @@
+"""Single-process training loop of the early-fusion LM (CheXmix stages 1 and 2).
+
+``train_lm`` is a plain function of (model, data factory, config): no framework. A distributed
+runner (``pipelines.ray_training``) wraps the model in DDP/FSDP, gives every worker its own
+data factory and calls the same function; the loop notices an initialised
+``torch.distributed`` process group and then (a) gathers every rank's data position and RNG
+states into rank 0's checkpoint, (b) averages logged metrics over ranks. Every rank must call
+``train_lm`` with the same config, and checkpoints are written by rank 0 only.
+
+Loss (``lm_loss``): causal next-token cross-entropy computed from the logits (position t
+predicts token t + 1), split into targets that are image codes (``image_loss``) and all other
+targets (``text_loss``: report tokens and the structural specials, among them the closing
+``<|img|>`` that stops report generation). Padding is never a target. The optimised loss is
+``(image_loss_weight * sum_image_ce + text_loss_weight * sum_text_ce) / num_targets``; with
+both weights 1 it is the plain token-mean LM loss of CheXmix stage 1.
+
+Stage 2: every batch's inputs are corrupted by ``apply_stage2_masking`` (a per-sample fraction
+of image codes and of report tokens replaced by the mask id); attention stays causal and the
+targets are the ORIGINAL next tokens. The masking generator of a step is seeded from
+``(seed, rank, step)``, so masks are reproducible and need no state to resume.
+
+Checkpoints (``checkpoint_dir/step_000500/``): ``model/`` (``config.json`` +
+``model.safetensors``, loadable by ``PhiForCausalLM.from_pretrained``), ``training_state.pt``
+(optimizer, scheduler, every rank's data position and torch / numpy / python (/ CUDA) RNG
+states), ``vocab.json``, ``meta.json`` (step, configs, last metrics) and ``COMPLETE``. They are
+written to a temporary folder, ``COMPLETE`` last, then renamed into place, so a crash never
+leaves a folder that ``latest_complete_checkpoint`` would pick. Resuming restores everything:
+an interrupted run ends with the same number of optimizer steps and, single-process on CPU,
+bit-identical weights to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.early_fusion import unwrap_model
+from models.lm_data import IGNORE_INDEX, BatchFactory, DataPosition, apply_stage2_masking
+from models.vocabulary import Vocabulary
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "COMPLETE_MARKER",
+    "LMTrainConfig",
+    "LMTrainResult",
+    "checkpoint_step",
+    "evaluate_lm",
+    "latest_complete_checkpoint",
+    "list_complete_checkpoints",
+    "lm_loss",
+    "load_lm_checkpoint",
+    "train_lm",
+]
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE"
+CHECKPOINT_FORMAT_VERSION = 1
+STEP_DIR_PREFIX = "step_"
+LOSS_ON = ("all", "masked")
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    """Hyper-parameters of ``train_lm``.
+
+    Attributes:
+        stage: 1 = plain next-token prediction; 2 = masked image-language next-token
+            prediction (inputs masked per batch, targets the original tokens).
+        steps: Total optimizer steps of the run (a resumed run continues up to it).
+        batch_size: Sequences per batch and per worker. Used by the data factories that the
+            runners build (``train_lm`` takes the batches it is given).
+        lr: Peak AdamW learning rate.
+        betas: AdamW betas.
+        warmup_steps: Linear warm-up steps; then cosine decay to ``lr * min_lr_ratio`` at
+            ``steps``.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        weight_decay: AdamW weight decay of matrices (biases and norms are not decayed).
+        grad_clip: Max global gradient norm (0: no clipping; the norm is still logged).
+        image_loss_weight: Weight of the image-code targets' cross-entropy sum.
+        text_loss_weight: Weight of the other targets' cross-entropy sum.
+        loss_on: Stage 2 only. ``"all"`` (default): every image/text target is in the loss;
+            ``"masked"``: only targets whose input slot was masked. We default to ``"all"``
+            because, with causal attention, the logit predicting token t never sees input t,
+            so the mask at t changes nothing about that prediction: the masked-only loss
+            trains the same conditional (original token given a corrupted prefix) on a random
+            ~40% subset of the targets (mean ratio of U(0, 0.8)). ``"all"`` is that objective
+            with 2.5x more supervised tokens, keeps samples that drew a ratio near 0 (clean
+            prefixes, i.e. stage 1's next-token prediction, which report and image generation
+            need) in the loss instead of dropping them, and never yields an empty loss.
+        image_mask_ratio_range: Stage 2: per-sample image mask ratio ~ U(low, high).
+        text_mask_ratio_range: Stage 2: per-sample report mask ratio ~ U(low, high).
+        seed: Seeds python / numpy / torch at the start of a fresh run (dropout) and the
+            per-step masking generators.
+        log_every: Call ``log`` every this many steps (and at the last step).
+        checkpoint_every: Checkpoint every this many steps (0: only at the end); a checkpoint
+            is always written at the end when a checkpoint directory is given.
+        keep_last: Keep only the newest this many complete checkpoints (0: keep all).
+        max_text_tokens: Report tokens kept per sequence (used by the data factories).
+        dtype: ``"float32"``, or ``"bfloat16"``: autocast of the forward pass on the model's
+            device (weights, optimizer state and the loss stay float32; no loss scaling is
+            needed, which is why float16 is not offered). Use float32 on CPU.
+        num_threads: ``torch.set_num_threads`` during the call (restored after); None leaves
+            torch's setting.
+    """
+
+    stage: Literal[1, 2] = 1
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    image_loss_weight: float = 1.0
+    text_loss_weight: float = 1.0
+    loss_on: Literal["all", "masked"] = "all"
+    image_mask_ratio_range: tuple[float, float] = (0.0, 0.8)
+    text_mask_ratio_range: tuple[float, float] = (0.0, 0.8)
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_last: int = 0
+    max_text_tokens: int = 256
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("betas", "image_mask_ratio_range", "text_mask_ratio_range"):
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+        errors = []
+        if self.stage not in (1, 2):
+            errors.append(f"stage must be 1 or 2, got {self.stage}")
+        if self.steps < 0:
+            errors.append(f"steps must be >= 0, got {self.steps}")
+        if self.batch_size < 1:
+            errors.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            errors.append(f"lr must be > 0, got {self.lr}")
+        if self.loss_on not in LOSS_ON:
+            errors.append(f"loss_on must be one of {LOSS_ON}, got {self.loss_on!r}")
+        if self.loss_on == "masked" and self.stage != 2:
+            errors.append("loss_on='masked' needs stage 2")
+        if self.image_loss_weight < 0 or self.text_loss_weight < 0:
+            errors.append("loss weights must be >= 0")
+        if self.image_loss_weight + self.text_loss_weight <= 0:
+            errors.append("at least one loss weight must be > 0")
+        for name in ("image_mask_ratio_range", "text_mask_ratio_range"):
+            low, high = getattr(self, name)
+            if not 0.0 <= low <= high <= 1.0:
+                errors.append(f"{name} must satisfy 0 <= low <= high <= 1, got {(low, high)}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            errors.append("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            errors.append("grad_clip and weight_decay must be >= 0")
+        if self.log_every < 1 or self.checkpoint_every < 0 or self.keep_last < 0:
+            errors.append("log_every must be >= 1, checkpoint_every and keep_last >= 0")
+        if self.max_text_tokens < 0:
+            errors.append(f"max_text_tokens must be >= 0, got {self.max_text_tokens}")
+        if self.dtype not in DTYPES:
+            errors.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            errors.append(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        if errors:
+            raise ValueError("invalid LMTrainConfig: " + "; ".join(errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (round-trips through :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LMTrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        return cls(**data)
+
+
+@dataclass
+class LMTrainResult:
+    """What ``train_lm`` returns.
+
+    Attributes:
+        steps: Optimizer steps completed in total (those before a resume included).
+        start_step: Step the call started from (0 for a fresh run).
+        seconds: Wall time of this call's steps (checkpointing included).
+        steps_per_second: This call's step throughput.
+        tokens_per_second: This call's non-padding input tokens per second (this rank).
+        history: Logged rows (``step`` plus metrics).
+        last_metrics: Metrics of the last step.
+        checkpoints: Checkpoints written by this call (rank 0; empty elsewhere).
+        final_checkpoint: The newest complete checkpoint after the call (rank 0), or None.
+        data_position: This rank's data position after the last step.
+        stopped_early: ``should_stop`` ended the run before ``steps``.
+    """
+
+    steps: int
+    start_step: int
+    seconds: float
+    steps_per_second: float
+    tokens_per_second: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoints: list[Path] = field(default_factory=list)
+    final_checkpoint: Path | None = None
+    data_position: DataPosition = field(default_factory=DataPosition)
+    stopped_early: bool = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+
+
+def lm_loss(
+    logits: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    image_weight: float = 1.0,
+    text_weight: float = 1.0,
+    target_positions: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Shifted next-token cross-entropy, split into image-code and other targets.
+
+    Args:
+        logits: (B, L, V) model outputs on the (possibly masked) inputs.
+        batch: ``collate`` output; uses ``labels`` (B, L) (original tokens, -100 on padding)
+            and ``image_mask`` (B, L).
+        image_weight: Weight of the image targets' cross-entropy sum.
+        text_weight: Weight of the other targets' cross-entropy sum.
+        target_positions: Optional bool (B, L): only targets at these positions count (stage 2
+            ``loss_on="masked"`` passes the masked positions).
+
+    Returns:
+        ``loss`` (scalar, differentiable: weighted sum over targets / number of targets),
+        ``image_loss`` and ``text_loss`` (detached means, 0 when there is no such target),
+        ``image_tokens`` and ``text_tokens`` (target counts), ``image_ce_sum`` and
+        ``text_ce_sum`` (detached sums), ``image_correct`` and ``text_correct`` (argmax hits).
+    """
+    labels = batch["labels"].to(logits.device)
+    targets = labels[:, 1:]
+    valid = targets != IGNORE_INDEX
+    is_image = batch["image_mask"].to(logits.device)[:, 1:]
+    if target_positions is not None:
+        valid = valid & target_positions.to(logits.device)[:, 1:]
+    shifted = logits[:, :-1]  # a view: only the selected rows are gathered below
+    out: dict[str, torch.Tensor] = {}
+    total = logits.new_zeros((), dtype=torch.float32)
+    for name, sel, weight in (
+        ("image", valid & is_image, image_weight),
+        ("text", valid & ~is_image, text_weight),
+    ):
+        sel_logits = shifted[sel].float()
+        sel_targets = targets[sel]
+        ce = F.cross_entropy(sel_logits, sel_targets, reduction="sum")
+        count = sel_targets.numel()
+        total = total + weight * ce
+        out[f"{name}_ce_sum"] = ce.detach()
+        out[f"{name}_tokens"] = torch.tensor(count, device=logits.device)
+        out[f"{name}_loss"] = ce.detach() / max(count, 1)
+        with torch.no_grad():
+            hits = (sel_logits.argmax(dim=-1) == sel_targets).sum() if count else ce.new_zeros(())
+        out[f"{name}_correct"] = hits.detach()
+    num_targets = int(out["image_tokens"]) + int(out["text_tokens"])
+    out["loss"] = total / max(num_targets, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers: distributed context, RNG, schedule
+
+
+def _dist_info() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather_objects(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _mask_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, rank, step, 2604]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError, IndexError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(cfg: LMTrainConfig) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def _make_optimizer(model: nn.Module, cfg: LMTrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        # by name, not ndim: FSDP (use_orig_params) exposes every parameter as a 1-D shard
+        module = name.rsplit(".", 1)[0].lower()
+        (no_decay if name.endswith("bias") or "norm" in module else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    target = DTYPES[dtype]
+    if target is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=target)
+
+
+@contextlib.contextmanager
+def _threads(num_threads: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Full (unsharded, CPU) model and optimizer state dicts keyed by parameter name.
+
+    Collective under FSDP (every rank must call it); works for plain and DDP models too.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=options)
+
+
+def _load_full_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    model_state: dict[str, Any],
+    optim_state: dict[str, Any] | None,
+) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, strict=True)
+    if optimizer is None or optim_state is None:
+        set_model_state_dict(model, model_state, options=options)
+    else:
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=model_state,
+            optim_state_dict=optim_state,
+            options=options,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """Step of a ``step_NNNNNN`` folder name, else None."""
+    name = Path(path).name
+    if not name.startswith(STEP_DIR_PREFIX):
+        return None
+    digits = name[len(STEP_DIR_PREFIX) :]
+    return int(digits) if digits.isdigit() else None
+
+
+def list_complete_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete ``step_*`` checkpoints (``COMPLETE`` marker present), oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        step = checkpoint_step(child)
+        if step is not None and child.is_dir() and (child / COMPLETE_MARKER).is_file():
+            found.append((step, child))
+    return [p for _, p in sorted(found)]
+
+
+def latest_complete_checkpoint(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``directory``; incomplete folders are ignored."""
+    complete = list_complete_checkpoints(directory)
+    return complete[-1] if complete else None
+
+
+def _resolve_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if (path / COMPLETE_MARKER).is_file():
+        return path
+    latest = latest_complete_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"no complete checkpoint at or under {path}")
+    return latest
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_checkpoint(
+    directory: Path,
+    step: int,
+    core: nn.Module,
+    model_state: dict[str, Any],
+    training_state: dict[str, Any],
+    vocab: Vocabulary,
+    meta: dict[str, Any],
+) -> Path:
+    """Write ``directory/step_NNNNNN`` atomically (temp folder, ``COMPLETE`` last, rename)."""
+    from safetensors.torch import save_file
+
+    final = directory / f"{STEP_DIR_PREFIX}{step:06d}"
+    if (final / COMPLETE_MARKER).is_file():
+        return final
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / "model").mkdir()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+        save_file(tensors, tmp / "model" / "model.safetensors", metadata={"format": "pt"})
+        core.config.save_pretrained(tmp / "model")
+        torch.save(training_state, tmp / "training_state.pt")
+        vocab.save(tmp / "vocab.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        with open(tmp / COMPLETE_MARKER, "w") as handle:
+            handle.write(f"{step}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_lm_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint written by ``train_lm`` for evaluation or fine-tuning.
+
+    Args:
+        path: A ``step_NNNNNN`` folder, or a folder of them (the newest complete one is used).
+        map_location: Device for the model.
+
+    Returns:
+        ``(model, info)``: a ``PhiForCausalLM`` in eval mode, and ``path``, ``step``, ``vocab``
+        (``Vocabulary``), ``train_config`` (dict), ``lm_config`` (dict or None), ``metrics``
+        (last logged metrics), ``world_size``.
+    """
+    from transformers import PhiForCausalLM
+
+    path = _resolve_checkpoint(path)
+    model = PhiForCausalLM.from_pretrained(
+        path / "model", local_files_only=True, dtype=torch.float32
+    ).to(map_location)
+    model.eval()
+    meta = json.loads((path / "meta.json").read_text())
+    info = {
+        "path": path,
+        "step": int(meta["step"]),
+        "vocab": Vocabulary.load(path / "vocab.json"),
+        "train_config": meta.get("train_config"),
+        "lm_config": meta.get("lm_config"),
+        "metrics": meta.get("metrics", {}),
+        "world_size": meta.get("world_size", 1),
+    }
+    return model, info
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+class _Trainer:
+    """State and step function shared by ``train_lm`` (one per call)."""
+
+    def __init__(self, model: nn.Module, vocab: Vocabulary, cfg: LMTrainConfig) -> None:
+        self.model = model
+        self.core = unwrap_model(model)
+        self.vocab = vocab
+        self.cfg = cfg
+        self.rank, self.world = _dist_info()
+        self.device = next(self.core.parameters()).device
+        self.optimizer = _make_optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        self.step = 0
+        self.position = DataPosition()
+
+    def restore(self, path: Path) -> None:
+        """Load weights, optimizer, scheduler, step, this rank's data position and RNG."""
+        from safetensors.torch import load_file
+
+        state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+        model_state = load_file(path / "model" / "model.safetensors")
+        _load_full_state(self.model, self.optimizer, model_state, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        saved_vocab = Vocabulary.load(path / "vocab.json")
+        if saved_vocab != self.vocab:
+            raise ValueError(f"checkpoint {path} was trained with another vocabulary")
+        rank_states = state["rank_states"]
+        if len(rank_states) == self.world:
+            mine = rank_states[self.rank]
+            self.position = DataPosition.from_dict(mine["data_position"])
+            _set_rng_state(mine["rng"])
+        else:
+            first = DataPosition.from_dict(rank_states[0]["data_position"])
+            self.position = DataPosition(epoch=first.epoch + 1, rows_seen=first.rows_seen)
+            _set_rng_state(rank_states[0]["rng"])
+            logger.warning(
+                "checkpoint %s has %d rank states but the run has %d workers: the data "
+                "restarts at epoch %d",
+                path,
+                len(rank_states),
+                self.world,
+                self.position.epoch,
+            )
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on ``batch``; returns per-step metrics of this rank."""
+        cfg = self.cfg
+        self.model.train()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        target_positions = None
+        inputs = batch["input_ids"]
+        metrics: dict[str, float] = {}
+        if cfg.stage == 2:
+            rng = _mask_generator(cfg.seed, self.rank, self.step)
+            inputs, masked = apply_stage2_masking(
+                batch, self.vocab, rng, cfg.image_mask_ratio_range, cfg.text_mask_ratio_range
+            )
+            if cfg.loss_on == "masked":
+                target_positions = masked
+            eligible = batch["image_mask"].sum() + batch["text_mask"].sum()
+            metrics["masked_fraction"] = float(masked.sum()) / max(float(eligible), 1.0)
+        with _autocast(self.device, cfg.dtype):
+            logits = self.model(
+                input_ids=inputs, attention_mask=batch["attention_mask"], use_cache=False
+            ).logits
+        losses = lm_loss(
+            logits, batch, cfg.image_loss_weight, cfg.text_loss_weight, target_positions
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        metrics.update(
+            {
+                "loss": float(losses["loss"].detach()),
+                "image_loss": float(losses["image_loss"]),
+                "text_loss": float(losses["text_loss"]),
+                "lr": float(lr),
+                "grad_norm": float(grad_norm),
+                "tokens": float(batch["attention_mask"].sum()),
+            }
+        )
+        return metrics
+
+    def reduce(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean of each metric over ranks (sum for token counts and throughput); collective."""
+        if self.world == 1:
+            return dict(metrics)
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(values)
+        summed = {"tokens", "tokens_per_s"}
+        return {
+            k: float(v) if k in summed else float(v) / self.world
+            for k, v in zip(keys, values.tolist(), strict=True)
+        }
+
+    def checkpoint(
+        self, directory: Path | None, metrics: dict[str, float], lm_meta: dict[str, Any] | None
+    ) -> Path | None:
+        """Gather every rank's state (collective); rank 0 writes ``step_NNNNNN``."""
+        if directory is None:
+            return None
+        rank_state = {
+            "rank": self.rank,
+            "data_position": self.position.to_dict(),
+            "rng": _rng_state(),
+        }
+        rank_states = _all_gather_objects(rank_state, self.world)
+        model_state, optim_state = _full_state(self.model, self.optimizer)
+        if self.rank != 0:
+            return None
+        training_state = {
+            "step": self.step,
+            "optimizer": optim_state,
+            "scheduler": self.scheduler.state_dict(),
+            "rank_states": rank_states,
+            "world_size": self.world,
+        }
+        meta = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "step": self.step,
+            "stage": self.cfg.stage,
+            "train_config": self.cfg.to_dict(),
+            "lm_config": lm_meta,
+            "world_size": self.world,
+            "metrics": metrics,
+            "vocab_sha256": self.vocab.sha256,
+            "data_positions": [s["data_position"] for s in rank_states],
+        }
+        path = _write_checkpoint(
+            directory, self.step, self.core, model_state, training_state, self.vocab, meta
+        )
+        if self.cfg.keep_last:
+            for old in list_complete_checkpoints(directory)[: -self.cfg.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+
+def train_lm(
+    model: nn.Module,
+    data_factory: BatchFactory,
+    cfg: LMTrainConfig,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+    lm_config: dict[str, Any] | None = None,
+) -> LMTrainResult:
+    """Train (or continue training) the LM for ``cfg.steps`` optimizer steps in total.
+
+    Args:
+        model: A ``PhiForCausalLM`` (or a DDP/FSDP wrapper of one) on its device.
+        data_factory: Called with a ``DataPosition``, returns an endless iterator of
+            ``(batch, position_after_batch)`` (``collate`` batches); must expose ``.vocab``.
+            See ``models.lm_data.TokenShardBatches`` / ``InMemoryBatches``.
+        cfg: Training config.
+        checkpoint_dir: Where ``step_NNNNNN`` checkpoints go (None: no checkpoints). Every
+            rank passes it; rank 0 writes.
+        resume_from: A checkpoint folder, or a folder of them (the newest complete one); the
+            run continues from its step. None: a fresh run (global RNGs seeded with
+            ``cfg.seed``; seed torch yourself before building the model for reproducible
+            initial weights).
+        log: ``log(step, metrics)`` every ``cfg.log_every`` steps and at the last step, with
+            ``loss``, ``image_loss``, ``text_loss``, ``lr``, ``grad_norm``, ``tokens``,
+            ``tokens_per_s``, ``step_s`` (and ``masked_fraction`` in stage 2), averaged over
+            ranks (token counts and throughput summed).
+        on_checkpoint: ``on_checkpoint(path, step)`` after each checkpoint, on every rank
+            (``path`` is rank 0's folder; it only exists on rank 0's machine).
+        should_stop: ``should_stop(step)`` before each step (``step`` = steps done so far);
+            True ends the run early after a checkpoint. Must agree across ranks. May raise
+            (fault-injection drills).
+        lm_config: Model shape (``LMConfig.to_dict()``) recorded in the checkpoint metadata.
+
+    Returns:
+        An ``LMTrainResult``.
+    """
+    vocab = data_factory.vocab
+    with _threads(cfg.num_threads):
+        trainer = _Trainer(model, vocab, cfg)
+        if resume_from is not None:
+            resume_path = _resolve_checkpoint(resume_from)
+            trainer.restore(resume_path)
+            logger.info("resumed from %s at step %d", resume_path, trainer.step)
+        else:
+            _seed_everything(cfg.seed + trainer.rank)
+        checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        result = LMTrainResult(
+            steps=trainer.step,
+            start_step=trainer.step,
+            seconds=0.0,
+            steps_per_second=0.0,
+            tokens_per_second=0.0,
+            data_position=trainer.position,
+        )
+        last_metrics: dict[str, float] = {}
+        written_step = -1
+
+        def save() -> None:
+            nonlocal written_step
+            path = trainer.checkpoint(checkpoint_dir, last_metrics, lm_config)
+            written_step = trainer.step
+            if path is not None:
+                result.checkpoints.append(path)
+            if on_checkpoint is not None and checkpoint_dir is not None:
+                on_checkpoint(checkpoint_dir / f"{STEP_DIR_PREFIX}{trainer.step:06d}", trainer.step)
+
+        start_time = time.perf_counter()
+        total_tokens = 0.0
+        stream: Iterator[tuple[dict[str, torch.Tensor], DataPosition]] | None = None
+        while trainer.step < cfg.steps:
+            if should_stop is not None and should_stop(trainer.step):
+                result.stopped_early = True
+                break
+            if stream is None:
+                stream = iter(data_factory(trainer.position))
+            t0 = time.perf_counter()
+            batch, position = next(stream)
+            metrics = trainer.train_step(batch)
+            trainer.position = position
+            step_s = time.perf_counter() - t0
+            metrics["step_s"] = step_s
+            metrics["tokens_per_s"] = metrics["tokens"] / max(step_s, 1e-9)
+            total_tokens += metrics["tokens"]
+            last_metrics = metrics
+            step = trainer.step
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = trainer.reduce(metrics)
+                last_metrics = row
+                result.history.append({"step": float(step), **row})
+                if log is not None:
+                    log(step, row)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save()
+        if trainer.step != written_step and (
+            trainer.step > result.start_step or result.stopped_early
+        ):
+            save()
+        result.seconds = time.perf_counter() - start_time
+        done = trainer.step - result.start_step
+        result.steps = trainer.step
+        result.steps_per_second = done / result.seconds if result.seconds > 0 else 0.0
+        result.tokens_per_second = total_tokens / result.seconds if result.seconds > 0 else 0.0
+        result.last_metrics = last_metrics
+        result.data_position = trainer.position
+        if checkpoint_dir is not None and trainer.rank == 0:
+            result.final_checkpoint = latest_complete_checkpoint(checkpoint_dir)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: nn.Module,
+    data: Iterable[Any],
+    vocab: Vocabulary,
+    image_mask_ratio: float = 0.0,
+    text_mask_ratio: float = 0.0,
+    seed: int = 0,
+    max_batches: int | None = None,
+    dtype: str = "float32",
+) -> dict[str, float]:
+    """Validation loss and token accuracy per modality, optionally on masked inputs.
+
+    With mask ratios > 0, every sample gets exactly ``round(ratio * count)`` image (report)
+    tokens masked (``apply_stage2_masking`` with a fixed ratio, seeded), and one forward pass
+    is scored: this measures one-pass inpainting (``masked_image_accuracy``).
+
+    Args:
+        model: The LM (or a wrapper).
+        data: Iterable of ``collate`` batches (or ``(batch, position)`` pairs).
+        vocab: Id layout.
+        image_mask_ratio: Fraction of image codes masked in the inputs.
+        text_mask_ratio: Fraction of report tokens masked in the inputs.
+        seed: Masking seed.
+        max_batches: Stop after this many batches.
+        dtype: Autocast dtype name (see ``LMTrainConfig.dtype``).
+
+    Returns:
+        Token-weighted ``loss``, ``image_loss``, ``text_loss``, ``image_accuracy``,
+        ``text_accuracy``, ``image_perplexity``, ``image_tokens``, ``text_tokens``; with
+        masking also ``masked_image_loss``, ``masked_image_accuracy``, ``masked_text_loss``,
+        ``masked_text_accuracy`` and their token counts; ``chance_image_accuracy``
+        (``1 / codebook_size``) and ``num_sequences``.
+    """
+    core = unwrap_model(model)
+    device = next(core.parameters()).device
+    was_training = core.training
+    core.eval()
+    rng = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = {}
+    masking = image_mask_ratio > 0 or text_mask_ratio > 0
+
+    def add(prefix: str, out: dict[str, torch.Tensor]) -> None:
+        for name in ("image", "text"):
+            for kind in ("ce_sum", "tokens", "correct"):
+                key = f"{prefix}{name}_{kind}"
+                sums[key] = sums.get(key, 0.0) + float(out[f"{name}_{kind}"])
+
+    sequences = 0
+    try:
+        for index, item in enumerate(data):
+            if max_batches is not None and index >= max_batches:
+                break
+            batch = item[0] if isinstance(item, tuple) else item
+            batch = {k: v.to(device) for k, v in batch.items()}
+            inputs, masked = batch["input_ids"], None
+            if masking:
+                inputs, masked = apply_stage2_masking(
+                    batch,
+                    vocab,
+                    rng,
+                    (image_mask_ratio, image_mask_ratio),
+                    (text_mask_ratio, text_mask_ratio),
+                )
+            with _autocast(device, dtype):
+                logits = core(
+                    input_ids=inputs, attention_mask=batch["attention_mask"], use_cache=False
+                ).logits
+            add("", lm_loss(logits, batch))
+            if masked is not None:
+                add("masked_", lm_loss(logits, batch, target_positions=masked))
+            sequences += int(batch["input_ids"].shape[0])
+    finally:
+        core.train(was_training)
+
+    def ratio(a: str, b: str) -> float:
+        return sums.get(a, 0.0) / max(sums.get(b, 0.0), 1.0)
+
+    total_tokens = sums.get("image_tokens", 0.0) + sums.get("text_tokens", 0.0)
+    out = {
+        "loss": (sums.get("image_ce_sum", 0.0) + sums.get("text_ce_sum", 0.0))
+        / max(total_tokens, 1.0),
+        "image_loss": ratio("image_ce_sum", "image_tokens"),
+        "text_loss": ratio("text_ce_sum", "text_tokens"),
+        "image_accuracy": ratio("image_correct", "image_tokens"),
+        "text_accuracy": ratio("text_correct", "text_tokens"),
+        "image_tokens": sums.get("image_tokens", 0.0),
+        "text_tokens": sums.get("text_tokens", 0.0),
+        "chance_image_accuracy": 1.0 / vocab.codebook_size,
+        "num_sequences": float(sequences),
+    }
+    out["image_perplexity"] = math.exp(min(out["image_loss"], 50.0))
+    if masking:
+        for name in ("image", "text"):
+            out[f"masked_{name}_loss"] = ratio(f"masked_{name}_ce_sum", f"masked_{name}_tokens")
+            out[f"masked_{name}_accuracy"] = ratio(
+                f"masked_{name}_correct", f"masked_{name}_tokens"
+            )
+            out[f"masked_{name}_tokens"] = sums.get(f"masked_{name}_tokens", 0.0)
+    return out
