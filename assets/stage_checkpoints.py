@@ -30,7 +30,7 @@ class StageConfig(dg.Config):
     lm_preset: str = Field(
         default="small", description="debug (tests), small (CPU demo), radphi2 (32 x 2560, GPUs)"
     )
-    steps: int = Field(default=150, description="Optimizer steps of this stage (small: ~3 min on 2 cores)")
+    steps: int = Field(default=150, description="Optimizer steps (small: ~3 min on 2 cores)")
     batch_size: int = Field(default=8, description="Sequences per step and per worker")
     lr: float = Field(default=1e-3, description="Peak AdamW learning rate")
     warmup_steps: int = Field(default=20, description="Linear warm-up steps")
