@@ -53,6 +53,7 @@ from torch import nn
 
 from models.early_fusion import unwrap_model
 from models.lm_data import IGNORE_INDEX, BatchFactory, DataPosition, apply_stage2_masking
+from models.schedule import warmup_cosine
 from models.vocabulary import Vocabulary
 
 __all__ = [
@@ -332,14 +333,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _lr_lambda(cfg: LMTrainConfig) -> Callable[[int], float]:
-    def fn(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        span = max(1, cfg.steps - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return fn
+    return warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def _make_optimizer(model: nn.Module, cfg: LMTrainConfig) -> torch.optim.Optimizer:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.schedule import warmup_cosine
 from models.vq_tokenizer import VQTokenizer, images_to_model_input, to_uint8
 
 __all__ = [
@@ -415,14 +415,7 @@ def _hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch
 
 
 def _lr_lambda(cfg: VQTrainConfig) -> Callable[[int], float]:
-    def fn(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        span = max(1, cfg.steps - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return fn
+    return warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 class VQTrainState:
