@@ -4,7 +4,7 @@ Usage::
 
     python bench/tokenize.py [--preset small] [--images 256] [--batch-size 64]
         [--image-size 256] [--images-per-shard 128] [--repeats 3] [--device cpu]
-        [--out bench/results] [--profile] [--max-seconds S]
+        [--out bench/results] [--profile] [--max-seconds S] [--threads N]
 
 In a temporary folder it builds a randomly initialised (seeded) VQ tokenizer of ``--preset`` (the
 codebook is filled with random vectors, as a trained one would be, so code lookups are not
@@ -20,6 +20,10 @@ rounds (order alternating) of:
 * bare: the same decoded uint8 images already in memory as one torch tensor (on ``--device``),
   ``model.encode(x[i:i + batch_size])`` per slice under ``torch.inference_mode`` (the encoder's
   own default CPU chunking, exactly as the path calls it).
+
+The path's time inside ``VQTokenizer.encode`` is also measured within each path round, giving
+its own overhead (Parquet I/O, text, rows) and a "same-encoder" ratio that stays meaningful when
+other processes load the CPU (the plain ratio then mostly measures contention noise).
 
 Prints a table and writes ``<out>/tokenize-<preset>-<device>-<date>.json`` with machine info.
 If path/bare < 0.9 (or with ``--profile``) it cProfiles one extra ``process()`` and reports the

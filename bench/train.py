@@ -260,8 +260,12 @@ class CpuSampler:
             cpu = times.user + times.system
             if key not in self.first:
                 self.first[key] = cpu if initial else 0.0
-            # relabel every time: a worker starts as setup_worker.py, then sets its actor title
-            self.last[key] = (_process_label(proc, self.root.pid), cpu)
+            # relabel every time: a worker starts as setup_worker.py, then sets its actor title;
+            # keep the last good label of a process that is exiting
+            label = _process_label(proc, self.root.pid)
+            if label == "?" and key in self.last:
+                label = self.last[key][0]
+            self.last[key] = (label, cpu)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
