@@ -44,3 +44,22 @@ def test_views_over_parquet_and_rollback(tmp_path):
     with contextlib.suppress(RuntimeError):
         catalog.write(failing)
     assert catalog.read("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'") == [(0,)]
+
+
+def test_large_previews_are_shrunk_not_fatal():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cxr.previews import MAX_INLINE_BYTES, image_grid_png, markdown_image
+
+    noise = [
+        np.random.default_rng(i).integers(0, 255, (256, 256), dtype=np.uint8) for i in range(16)
+    ]
+    png = image_grid_png(noise, ncols=8, tile=256)
+    assert len(png) > MAX_INLINE_BYTES
+    md = markdown_image(png)
+    data = base64.b64decode(md.split("base64,")[1].rstrip(")"))
+    assert len(data) <= MAX_INLINE_BYTES and Image.open(io.BytesIO(data)).width < 8 * 256
