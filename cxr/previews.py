@@ -58,11 +58,12 @@ def bar_chart_png(counts: Mapping[str, int], title: str) -> bytes:
 
 def markdown_image(png: bytes, alt: str = "preview") -> str:
     """Markdown that shows ``png`` inline (the Dagster UI renders data URIs)."""
-    if len(png) > MAX_INLINE_BYTES:
-        raise ValueError(
-            f"preview PNG is {len(png)} bytes; keep inline previews under "
-            f"{MAX_INLINE_BYTES} (use fewer or smaller tiles)"
-        )
+    while len(png) > MAX_INLINE_BYTES:  # a preview must never fail an asset: shrink it
+        image = Image.open(io.BytesIO(png))
+        image = image.resize((max(1, image.width // 2), max(1, image.height // 2)))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        png = buffer.getvalue()
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
