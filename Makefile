@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 DEMO_STUDIES ?= 120
 DEMO_SEED ?= 0
 UI_PORT ?= 3000
+DEMO_SELECT ?= *
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export CHEXMIX_SOURCE_ROOT ?= $(CURDIR)/data/demo
@@ -39,7 +40,7 @@ data: venv
 	fi
 
 demo: venv data $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m pipelines.definitions --select '*'
+	$(BIN)/dagster asset materialize -m pipelines.definitions --select '$(DEMO_SELECT)'
 	@echo
 	@echo "Done. Outputs: $(CHEXMIX_STORAGE_ROOT); catalog: $(CHEXMIX_STORAGE_ROOT)/catalog.duckdb"
 	@echo "Open the UI with:  make ui   then browse http://127.0.0.1:$(UI_PORT)"
