@@ -348,6 +348,7 @@ def test_a_corrupt_token_shard_is_named(first_run, tmp_path):
         verify_shard_set(copy)
 
 
+@pytest.mark.timeout(900)  # two Ray workers importing torch + diffusers on 2 cores
 def test_image_tokenizer_trains_on_two_ray_workers_with_synced_codebooks(first_run):
     storage, _ = first_run
     definitions = defs()
