@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 
 from cxr.errors import ImageRejected
 from cxr.manifest import scrub_paths
-from cxr.storage import atomic_path, file_sha256, parquet_input_hash, write_parquet
+from cxr.storage import (
+    atomic_path,
+    file_sha256,
+    parquet_input_hash,
+    prune_unlisted,
+    write_parquet,
+)
 from cxr.studies import REJECTED_SCHEMA
 
 IMAGE_SCHEMA = pa.schema(
@@ -243,15 +249,5 @@ def finalize_shards(out_dir: Path, summaries: list[dict[str, Any]], extra: dict[
     keep = {f"{s['shard']}.parquet" for s in summaries} | {
         f"{s['shard']}.rejected.parquet" for s in summaries
     }
-    for stale in out_dir.glob("shard-*.parquet"):
-        if stale.name not in keep:
-            stale.unlink()
+    prune_unlisted(out_dir, "shard-*.parquet", keep)
     return content_hash
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    """The shard-set manifest; raises FileNotFoundError if the set was never completed."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the image shard set is not complete")
-    return json.loads(path.read_text())

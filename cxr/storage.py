@@ -105,3 +105,10 @@ def parquet_input_hash(path: Path) -> str | None:
         return None
     value = meta.get(INPUT_HASH_KEY)
     return value.decode() if value else None
+
+
+def prune_unlisted(folder: Path, pattern: str, keep: set[str]) -> None:
+    """Delete files matching ``pattern`` in ``folder`` whose names a manifest does not list."""
+    for stale in Path(folder).glob(pattern):
+        if stale.name not in keep:
+            stale.unlink()

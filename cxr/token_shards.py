@@ -23,7 +23,13 @@ import pyarrow.parquet as pq
 
 from cxr.curation import column_name
 from cxr.labeler import OBSERVATIONS
-from cxr.storage import atomic_path, file_sha256, parquet_input_hash, write_parquet
+from cxr.storage import (
+    atomic_path,
+    file_sha256,
+    parquet_input_hash,
+    prune_unlisted,
+    write_parquet,
+)
 
 MANIFEST_NAME = "_manifest.json"
 ROW_GROUP_ROWS = 256
@@ -245,10 +251,7 @@ def finalize_token_shards(
         },
         out_dir / MANIFEST_NAME,
     )
-    keep = {f"{s['shard']}.parquet" for s in summaries}
-    for stale in out_dir.glob("shard-*.parquet"):
-        if stale.name not in keep:
-            stale.unlink()
+    prune_unlisted(out_dir, "shard-*.parquet", {f"{s['shard']}.parquet" for s in summaries})
     return content_hash
 
 
