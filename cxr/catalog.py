@@ -10,8 +10,9 @@ lock error; each write is one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,6 +52,16 @@ class Catalog:
             con = self._connect(read_only=True)
             try:
                 return con.execute(sql, params or []).fetchall()
+            finally:
+                con.close()
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection held under the lock (for results fetched as frames)."""
+        with FileLock(str(self.path) + ".lock", timeout=self.lock_timeout_s):
+            con = self._connect(read_only=True)
+            try:
+                yield con
             finally:
                 con.close()
 

@@ -1,0 +1,232 @@
+"""What every benchmark reads: one split's rows from the token shards, bounded in memory.
+
+A row is one image: ``image_id``, ``study_id``, ``patient_id``, raw ``image_codes`` (N,),
+report ``text_ids`` (no specials) and the 14 CheXpert labels (1 / 0 / -1 / None). A split is
+capped at ``max_rows`` rows chosen by a salted hash of the image id, so the same images are
+picked on every run and every checkpoint, and memory never grows with the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxr.labeler import OBSERVATIONS
+from cxr.token_shards import LABEL_COLUMNS
+from models.lm_data import iter_token_rows
+from models.vocabulary import Vocabulary
+
+ROW_COLUMNS = ("image_id", "study_id", "patient_id", "image_codes", "text_ids", *LABEL_COLUMNS)
+
+
+@dataclass
+class EvalRows:
+    """One split's evaluation rows, sorted by image id.
+
+    Attributes:
+        image_ids: (M,) image pseudonyms.
+        study_ids: (M,) study pseudonyms (a report belongs to a study).
+        patient_ids: (M,) patient pseudonyms (bootstrap resampling unit).
+        codes: int64 (M, N) raw image codes.
+        text_ids: M report id lists (without specials).
+        labels: float32 (M, 14) CheXpert labels in ``OBSERVATIONS`` order, NaN = not mentioned.
+        total_rows: Rows of the split before the cap.
+    """
+
+    image_ids: list[str]
+    study_ids: list[str]
+    patient_ids: list[str]
+    codes: np.ndarray
+    text_ids: list[list[int]]
+    labels: np.ndarray
+    total_rows: int
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def positives(self) -> np.ndarray:
+        """Bool (M, 14): the observation is positive (uncertain and absent count as negative)."""
+        return self.labels == 1.0
+
+    def subset(self, index: np.ndarray | Sequence[int]) -> EvalRows:
+        """Rows at ``index`` (in that order)."""
+        index = np.asarray(index, dtype=np.int64)
+        return EvalRows(
+            image_ids=[self.image_ids[i] for i in index],
+            study_ids=[self.study_ids[i] for i in index],
+            patient_ids=[self.patient_ids[i] for i in index],
+            codes=self.codes[index],
+            text_ids=[self.text_ids[i] for i in index],
+            labels=self.labels[index],
+            total_rows=self.total_rows,
+        )
+
+
+def _selection_key(image_id: str, salt: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{salt}|{image_id}".encode()).digest()[:8], "big")
+
+
+def load_split(
+    shard_paths: Sequence[str | Path],
+    split: str,
+    max_rows: int | None = None,
+    salt: str = "eval",
+) -> EvalRows:
+    """Stream ``split`` from the token shards, keeping at most ``max_rows`` rows.
+
+    Args:
+        shard_paths: Token shard files (from the manifest).
+        split: ``train``, ``validate`` or ``test``.
+        max_rows: Cap (None: all rows). The kept rows are those with the smallest
+            ``sha256(salt|image_id)``: a stable, unbiased sample held in a bounded heap.
+        salt: Selection salt.
+
+    Raises:
+        ValueError: The split has no rows.
+    """
+    heap: list[tuple[int, int, dict[str, Any]]] = []  # (-key, order, row): a max-heap on key
+    total = 0
+    for total, row in enumerate(iter_token_rows(shard_paths, split, columns=ROW_COLUMNS), 1):
+        item = (-_selection_key(row["image_id"], salt), total, row)
+        if max_rows is None or len(heap) < max_rows:
+            heapq.heappush(heap, item)
+        elif item[0] > heap[0][0]:
+            heapq.heapreplace(heap, item)
+    if not total:
+        raise ValueError(f"split {split!r} has no rows in {len(shard_paths)} token shard(s)")
+    rows = sorted((entry[2] for entry in heap), key=lambda r: r["image_id"])
+    labels = np.array(
+        [[np.nan if r[c] is None else float(r[c]) for c in LABEL_COLUMNS] for r in rows],
+        dtype=np.float32,
+    ).reshape(len(rows), len(OBSERVATIONS))
+    return EvalRows(
+        image_ids=[r["image_id"] for r in rows],
+        study_ids=[r["study_id"] for r in rows],
+        patient_ids=[r["patient_id"] for r in rows],
+        codes=np.stack([np.asarray(r["image_codes"], dtype=np.int64) for r in rows]),
+        text_ids=[list(map(int, r["text_ids"])) for r in rows],
+        labels=labels,
+        total_rows=total,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Masking image tokens for evaluation (deterministic per image)
+
+
+def mask_positions(
+    image_id: str, num_codes: int, ratio: float, seed: int, pattern: str = "random"
+) -> np.ndarray:
+    """Which of an image's codes are masked, the same on every run and in every batch.
+
+    Args:
+        image_id: Image pseudonym (part of the seed, so masks differ across images).
+        num_codes: Codes per image (a square grid for ``block``).
+        ratio: Fraction in [0, 1].
+        seed: Evaluation seed.
+        pattern: ``random`` (exactly ``round(ratio * num_codes)`` positions, uniform) or
+            ``block`` (one square of side ``round(sqrt(ratio) * grid)`` at a random place).
+
+    Returns:
+        bool (num_codes,).
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must lie in [0, 1], got {ratio}")
+    digest = hashlib.sha256(f"{seed}|{pattern}|{ratio:.4f}|{image_id}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    mask = np.zeros(num_codes, dtype=bool)
+    if pattern == "random":
+        count = round(ratio * num_codes)
+        mask[rng.choice(num_codes, size=count, replace=False)] = True
+    elif pattern == "block":
+        grid = round(num_codes**0.5)
+        if grid * grid != num_codes:
+            raise ValueError(f"block masking needs a square code grid, got {num_codes} codes")
+        side = round(ratio**0.5 * grid)
+        if side:
+            top, left = rng.integers(0, grid - side + 1, size=2)
+            square = np.zeros((grid, grid), dtype=bool)
+            square[top : top + side, left : left + side] = True
+            mask = square.reshape(-1)
+    else:
+        raise ValueError(f"mask pattern must be 'random' or 'block', got {pattern!r}")
+    return mask
+
+
+def image_prefix_ids(
+    codes: np.ndarray, masks: np.ndarray | None, vocab: Vocabulary, with_eot: bool = False
+) -> torch.Tensor:
+    """``<|img|> codes <|/img|> [<|endoftext|>]`` per row, masked codes replaced by the mask id.
+
+    Args:
+        codes: int (B, N) raw codes.
+        masks: bool (B, N) or None.
+        vocab: Id layout.
+        with_eot: Append ``<|endoftext|>`` (the report prompt).
+
+    Returns:
+        int64 (B, N + 2 [+ 1]).
+    """
+    ids = torch.as_tensor(vocab.image_ids(codes), dtype=torch.long)
+    if masks is not None:
+        ids = ids.masked_fill(torch.as_tensor(masks, dtype=torch.bool), vocab.mask_id)
+    b = ids.shape[0]
+    parts = [
+        torch.full((b, 1), vocab.image_start_id),
+        ids,
+        torch.full((b, 1), vocab.image_end_id),
+    ]
+    if with_eot:
+        parts.append(torch.full((b, 1), vocab.eot_id))
+    return torch.cat(parts, dim=1)
+
+
+def batches(count: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(count)``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, count, batch_size):
+        yield slice(start, min(start + batch_size, count))
+
+
+def load_pixels(image_shard_paths: Sequence[str | Path], image_ids: Sequence[str]) -> np.ndarray:
+    """The decoded uint8 images of ``image_ids`` from the ``cxr_images`` shards, in that order.
+
+    Only the listed images are read (a filtered scan of the shards).
+
+    Returns:
+        uint8 (M, H, W).
+
+    Raises:
+        KeyError: An image id is not in the shards.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    wanted = list(image_ids)
+    dataset = ds.dataset([str(p) for p in image_shard_paths], format="parquet")
+    table = dataset.to_table(
+        columns=["image_id", "height", "width", "pixels"],
+        filter=pc.field("image_id").isin(wanted),
+    )
+    found = {}
+    for image_id, h, w, buf in zip(
+        table["image_id"].to_pylist(),
+        table["height"].to_pylist(),
+        table["width"].to_pylist(),
+        table["pixels"].to_pylist(),
+        strict=True,
+    ):
+        found[image_id] = np.frombuffer(buf, dtype=np.uint8).reshape(h, w)
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise KeyError(f"{len(missing)} image(s) not in the image shards, e.g. {missing[0]}")
+    return np.stack([found[i] for i in wanted])

@@ -1,0 +1,79 @@
+"""Image features: the transformer's hidden states over image positions, or a code histogram.
+
+CheXmix classifies findings from the mean of one layer's hidden states over the image-token
+positions (early-middle layers work best). Because attention is causal and the image comes
+first, those states depend on the image tokens only, so only ``<|img|> codes <|/img|>`` is fed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from evaluation.data import batches, image_prefix_ids
+from models.early_fusion import unwrap_model
+from models.vocabulary import Vocabulary
+
+
+def resolve_layer(layer: int | float, num_layers: int) -> int:
+    """A hidden-state index in [1, num_layers] from an index or a depth fraction.
+
+    ``layer`` >= 1 is taken as is (1 = output of the first block); a float in (0, 1) is a
+    fraction of the depth (CheXmix's 7-12 of 32 is about 0.3), rounded, at least 1.
+    """
+    if isinstance(layer, float) and 0.0 < layer < 1.0:
+        return max(1, round(layer * num_layers))
+    layer = int(layer)
+    if not 1 <= layer <= num_layers:
+        raise ValueError(f"layer must lie in [1, {num_layers}] or be a fraction, got {layer}")
+    return layer
+
+
+@torch.no_grad()
+def hidden_state_features(
+    model: nn.Module,
+    codes: np.ndarray,
+    masks: np.ndarray | None,
+    vocab: Vocabulary,
+    layer: int,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Mean hidden state of ``layer`` over the image-code positions.
+
+    Args:
+        model: A ``PhiForCausalLM`` (or a wrapper).
+        codes: int (M, N) raw codes.
+        masks: bool (M, N) positions replaced by the mask id, or None.
+        vocab: Id layout.
+        layer: Hidden-state index (0 = embeddings, k = output of block k).
+        batch_size: Images per forward pass.
+
+    Returns:
+        float32 (M, hidden).
+    """
+    core = unwrap_model(model)
+    device = next(core.parameters()).device
+    out = []
+    for part in batches(len(codes), batch_size):
+        ids = image_prefix_ids(codes[part], None if masks is None else masks[part], vocab)
+        states = core(
+            input_ids=ids.to(device), output_hidden_states=True, use_cache=False
+        ).hidden_states[layer]
+        out.append(states[:, 1:-1].float().mean(dim=1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def code_histograms(codes: np.ndarray, masks: np.ndarray | None, codebook_size: int) -> np.ndarray:
+    """Bag-of-image-codes: normalised code histogram over the VISIBLE codes (no transformer).
+
+    Returns:
+        float32 (M, codebook_size); an all-masked image gives a zero row.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    visible = np.ones(codes.shape, dtype=bool) if masks is None else ~np.asarray(masks)
+    out = np.zeros((codes.shape[0], codebook_size), dtype=np.float32)
+    rows = np.repeat(np.arange(codes.shape[0]), codes.shape[1])
+    np.add.at(out, (rows[visible.reshape(-1)], codes.reshape(-1)[visible.reshape(-1)]), 1.0)
+    counts = out.sum(axis=1, keepdims=True)
+    return out / np.maximum(counts, 1.0)
