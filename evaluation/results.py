@@ -198,3 +198,13 @@ def read_results(catalog: Catalog, where: str = "TRUE", params: list[object] | N
             f"SELECT * FROM eval_results WHERE {where}", params or []
         ).to_arrow_table()
         return pl.from_arrow(table)
+
+
+def rows_frame(rows: Sequence[MetricRow], checkpoint_id: str):
+    """Metric rows as a polars frame shaped like ``eval_results`` (for plots before upsert)."""
+    import polars as pl
+
+    return pl.DataFrame(
+        [{"checkpoint_id": checkpoint_id, **r.to_dict()} for r in rows],
+        schema_overrides={"value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64},
+    )

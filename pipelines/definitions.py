@@ -14,9 +14,11 @@ def defs() -> dg.Definitions:
     """All assets, checks, jobs and resources of the pipeline."""
     from assets.checks import ALL_CHECKS
     from assets.cxr_images import cxr_images
+    from assets.evaluation import EVAL_ASSETS
     from assets.finding_labels import finding_labels
     from assets.image_tokenizer import image_tokenizer
     from assets.ingest_quarantine import ingest_quarantine
+    from assets.leaderboard import leaderboard
     from assets.report_sections import report_sections
     from assets.source_manifest import source_manifest
     from assets.splits import splits
@@ -26,13 +28,8 @@ def defs() -> dg.Definitions:
     from assets.token_shards import token_shards
     from assets.vocabulary import vocabulary
     from pipelines.jobs import JOBS
-    from pipelines.resources import (
-        MLflowResource,
-        PrivacyResource,
-        RayResource,
-        SourceResource,
-        StorageResource,
-    )
+    from pipelines.resources import default_resources
+    from pipelines.sensors import SENSORS
 
     return dg.Definitions(
         assets=[
@@ -49,14 +46,11 @@ def defs() -> dg.Definitions:
             token_shards,
             stage1_checkpoint,
             stage2_checkpoint,
+            *EVAL_ASSETS,
+            leaderboard,
         ],
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
-        resources={
-            "source": SourceResource(),
-            "storage": StorageResource(),
-            "privacy": PrivacyResource(),
-            "ray": RayResource(),
-            "mlflow_tracking": MLflowResource(),
-        },
+        sensors=SENSORS,
+        resources=default_resources(),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.partitions import checkpoints_partitions
+
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingest"),
@@ -28,4 +30,19 @@ training_job = dg.define_asset_job(
     description="Stage 1 then stage 2 training on Ray Train; checkpoints published for evaluation.",
 )
 
-JOBS = [ingest_job, curation_job, tokenization_job, training_job]
+evaluation_job = dg.define_asset_job(
+    "evaluation_job",
+    selection=dg.AssetSelection.assets(
+        "findings_eval", "inpainting_eval", "report_generation_eval", "retrieval_eval"
+    ),
+    partitions_def=checkpoints_partitions,
+    description="The four benchmarks for one checkpoint partition (launched by the sensor).",
+)
+
+leaderboard_job = dg.define_asset_job(
+    "leaderboard_job",
+    selection=dg.AssetSelection.assets("leaderboard"),
+    description="Rebuild the leaderboard from eval_results.",
+)
+
+JOBS = [ingest_job, curation_job, tokenization_job, training_job, evaluation_job, leaderboard_job]

@@ -59,9 +59,17 @@ def record_lineage(
     content_hash: str,
     inputs: list[str],
     config: dict[str, Any],
+    input_hashes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write this materialization's lineage row; return metadata entries to attach."""
-    input_hashes = {name: content_hash_of(name, storage) for name in inputs}
+    """Write this materialization's lineage row; return metadata entries to attach.
+
+    ``inputs`` are read at their current version; ``input_hashes`` names exact versions read
+    (e.g. the one checkpoint an evaluation partition used).
+    """
+    input_hashes = {
+        **{name: content_hash_of(name, storage) for name in inputs},
+        **(input_hashes or {}),
+    }
     rec = LineageRecord(
         asset_key=context.asset_key.to_user_string(),
         output_paths=[str(p) for p in outputs],

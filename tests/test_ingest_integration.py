@@ -76,7 +76,7 @@ def materialize(archive: Path, storage: Path, use_ray: bool) -> dg.ExecuteInProc
         [*definitions.assets, *definitions.asset_checks],
         resources=resources,
         # training has its own test below; everything up to the token shards runs here
-        selection=dg.AssetSelection.all() - dg.AssetSelection.groups("training"),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.groups("training", "evaluation"),
         run_config={
             "ops": {
                 "cxr_images": {

@@ -1,0 +1,533 @@
+"""Benchmark evaluation, one asset per task, partitioned by checkpoint.
+
+Each asset: resolve the partition's checkpoint and verify its files, load the model and the
+TEST (and where needed TRAIN) rows from the token shards, run the task (``evaluation/``), keep
+per-sample outputs as Parquet under ``<storage>/evaluation/<checkpoint>/<task>/``, upsert the
+metric rows into DuckDB ``eval_results``, log an MLflow run nested under the checkpoint's
+training run, and record lineage. Re-running a partition replaces its rows (idempotent).
+"""
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from assets import paths
+from cxr.previews import markdown_image, markdown_table
+from evaluation.results import EvalRunInfo, MetricRow, rows_frame, upsert_results
+from pipelines.lineage import content_hash_of, record_lineage
+from pipelines.partitions import checkpoints_partitions
+from pipelines.resources import MLflowResource, StorageResource
+
+EVAL_GROUP = "evaluation"
+
+
+class EvalConfig(dg.Config):
+    """What every benchmark shares: device, batch size, sample caps, seed, bootstrap."""
+
+    device: str = Field(default="cpu", description="cpu, cuda, cuda:1 ...")
+    batch_size: int = Field(default=32, description="Sequences per forward pass")
+    max_test_rows: int = Field(
+        default=2000, description="TEST images used (a fixed hash-chosen subset beyond this)"
+    )
+    max_train_rows: int = Field(
+        default=5000, description="TRAIN images for probes / baselines (hash-chosen subset)"
+    )
+    n_boot: int = Field(default=500, description="Patient-bootstrap resamples for the 95% CIs")
+    seed: int = Field(default=0, description="Masking and bootstrap seed")
+
+
+class FindingsEvalConfig(EvalConfig):
+    """Findings AUROC under image-token masking."""
+
+    layer: float = Field(
+        default=0.35,
+        description="Hidden-state layer: an index >= 1, or a depth fraction in (0, 1) "
+        "(CheXmix: early-middle, 7-12 of 32)",
+    )
+    mask_ratios: list[float] = Field(default=[0.0, 0.2, 0.4, 0.6, 0.8])
+    probe_c: float = Field(default=0.5, description="Inverse L2 strength of the probes")
+    min_test_positives: int = Field(
+        default=3, description="Min positive AND negative TEST images to score an observation"
+    )
+
+
+class InpaintingEvalConfig(EvalConfig):
+    """One-pass inpainting of masked image tokens."""
+
+    mask_ratios: list[float] = Field(default=[0.2, 0.4, 0.6, 0.8])
+    patterns: list[str] = Field(default=["random", "block"], description="random and/or block")
+
+
+class ReportGenerationEvalConfig(EvalConfig):
+    """Greedy report generation."""
+
+    min_new_tokens: int = Field(default=5)
+    max_new_tokens: int = Field(default=200)
+    green_model_path: str = Field(
+        default="", description="Local GREEN judge model directory; empty = GREEN skipped"
+    )
+    max_test_rows: int = Field(default=500, description="TEST images whose reports are generated")
+
+
+class RetrievalEvalConfig(EvalConfig):
+    """Image <-> report retrieval by PMI likelihood."""
+
+    max_test_rows: int = Field(
+        default=200,
+        description="TEST images (and their studies' reports) ranked against each "
+        "other; cost grows with its square",
+    )
+    report_batch_size: int = Field(default=64, description="Candidate reports per forward pass")
+
+
+def _config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _mlflow_name(*parts: object) -> str:
+    name = "/".join(str(p) for p in parts if p != "")
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name.replace("@", "_at_"))
+
+
+class EvalContext:
+    """Everything a task needs for one partition: checkpoint, model, vocabulary, shards."""
+
+    def __init__(self, context: dg.AssetExecutionContext, config: EvalConfig, storage):
+        from models.lm_data import shard_paths_from_manifest
+        from models.vocabulary import Vocabulary
+        from pipelines.checkpoint_registry import find, open_manifest
+
+        self.key = context.partition_key
+        self.ref = find(storage.root_path, self.key)
+        self.manifest = open_manifest(self.ref)
+        self.storage = storage
+        self.config = config
+        self.vocab = Vocabulary.load(storage.path(*paths.VOCABULARY))
+        checkpoint_vocab = Vocabulary.load(self.ref.path / "vocab.json")
+        if checkpoint_vocab != self.vocab:
+            raise dg.Failure(
+                f"checkpoint {self.key} was trained with vocabulary {checkpoint_vocab} but the "
+                f"token shards use {self.vocab}; evaluate it on the data it was trained for"
+            )
+        self.shard_paths = [
+            str(p) for p in shard_paths_from_manifest(storage.path(*paths.TOKENS_DIR), verify=True)
+        ]
+        self._model = None
+
+    @property
+    def model(self):
+        """The checkpoint's LM in eval mode (loaded once)."""
+        if self._model is None:
+            from models.lm_train import load_lm_checkpoint
+
+            self._model, _ = load_lm_checkpoint(self.ref.path, map_location=self.config.device)
+        return self._model
+
+    def split(self, name: str, max_rows: int):
+        """Rows of one split (capped, hash-chosen)."""
+        from evaluation.data import load_split
+
+        return load_split(self.shard_paths, name, max_rows=max_rows)
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Report tokens per sequence the checkpoint was trained with."""
+        return int((self.manifest.get("train_config") or {}).get("max_text_tokens", 128))
+
+    def out_dir(self, task: str) -> Path:
+        """Where a task's per-sample outputs go."""
+        return self.storage.path("evaluation", self.key, task)
+
+
+def finish(
+    context: dg.AssetExecutionContext,
+    ec: EvalContext,
+    task: str,
+    rows: list[MetricRow],
+    samples,
+    mlflow_tracking: MLflowResource,
+    inputs: list[str],
+    previews: dict[str, bytes] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> dg.MaterializeResult:
+    """Persist one task's outputs: samples, eval_results, MLflow, lineage; build metadata."""
+    import mlflow
+
+    from cxr.lineage import git_code_version
+    from cxr.storage import write_bytes, write_parquet
+
+    out = ec.out_dir(task)
+    samples_path = out / "samples.parquet"
+    write_parquet(samples.to_arrow(), samples_path)
+    for name, png in (previews or {}).items():
+        if png:
+            write_bytes(png, out / f"{name}.png")
+    config = ec.config.model_dump()
+    config_hash = _config_hash(config)
+    code_version = git_code_version()
+    train_run = ec.manifest.get("mlflow_run_id")
+    experiment_id = mlflow_tracking.experiment_id(ec.storage)
+    tags = {
+        "dagster_run_id": context.run.run_id,
+        "task": task,
+        "checkpoint_id": ec.key,
+        "checkpoint_hash": ec.manifest["content_hash"],
+        "code_version": code_version,
+    }
+    if train_run and mlflow.get_run(train_run) is not None:
+        tags["mlflow.parentRunId"] = train_run
+        tags["training_run_id"] = train_run
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"eval-{task}-{ec.key}", tags=tags
+    ) as run:
+        mlflow.log_params({f"eval.{k}": str(v)[:250] for k, v in config.items()})
+        metrics = {
+            _mlflow_name(
+                task, r.method, r.metric, r.observation, f"r{r.mask_ratio:g}", r.setting
+            ): float(r.value)
+            for r in rows
+            if r.value is not None
+        }
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(samples_path), artifact_path=f"eval/{task}")
+        mlflow_run_id = run.info.run_id
+    info = EvalRunInfo(
+        checkpoint_id=ec.key,
+        task=task,
+        run_id=context.run.run_id,
+        checkpoint_path=str(ec.ref.path),
+        checkpoint_hash=ec.manifest["content_hash"],
+        checkpoint_manifest={k: v for k, v in ec.manifest.items() if k != "files"},
+        eval_config=config,
+        eval_config_hash=config_hash,
+        code_version=code_version,
+        mlflow_run_id=mlflow_run_id,
+        samples_path=str(samples_path),
+    )
+    written = upsert_results(ec.storage.catalog(), info, rows)
+    results_hash = hashlib.sha256(
+        json.dumps([r.to_dict() for r in rows], sort_keys=True).encode()
+    ).hexdigest()
+    input_hashes = {name: content_hash_of(name, ec.storage) for name in inputs}
+    stage = ec.manifest.get("stage")
+    if ec.ref.origin == "published" and stage in (1, 2):
+        input_hashes[f"stage{stage}_checkpoint"] = ec.manifest["content_hash"]
+    lineage = record_lineage(
+        context,
+        ec.storage,
+        [str(samples_path)],
+        results_hash,
+        inputs=[],
+        config={**config, "checkpoint_id": ec.key, "checkpoint_hash": ec.manifest["content_hash"]},
+        input_hashes=input_hashes,
+    )
+    shown = [
+        {
+            "method": r.method,
+            "metric": r.metric,
+            "observation": r.observation,
+            "mask": f"{r.mask_ratio:g}",
+            "setting": r.setting,
+            "value": "-" if r.value is None else f"{r.value:.3f}",
+            "95% CI": "" if r.ci_low is None else f"{r.ci_low:.3f}-{r.ci_high:.3f}",
+            "n": r.n,
+        }
+        for r in rows
+        if r.observation == "" and r.value is not None
+    ]
+    metadata: dict[str, Any] = {
+        "checkpoint": ec.key,
+        "checkpoint_path": dg.MetadataValue.path(str(ec.ref.path)),
+        "checkpoint_hash": ec.manifest["content_hash"][:16],
+        "rows_written": written,
+        "skipped_rows": sum(1 for r in rows if r.status != "ok"),
+        "samples": dg.MetadataValue.path(str(samples_path)),
+        "mlflow_run_id": mlflow_run_id,
+        "eval_config_hash": config_hash,
+        "results": dg.MetadataValue.md(
+            markdown_table(
+                shown,
+                ["method", "metric", "observation", "mask", "setting", "value", "95% CI", "n"],
+            )
+        ),
+        **(extra_metadata or {}),
+        **lineage,
+    }
+    for name, png in (previews or {}).items():
+        if png:
+            metadata[name] = dg.MetadataValue.md(markdown_image(png, name))
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(results_hash))
+
+
+def _guard(fn: Callable[[], dg.MaterializeResult], key: str, task: str) -> dg.MaterializeResult:
+    try:
+        return fn()
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise dg.Failure(
+            description=f"{task} evaluation of checkpoint {key} failed: {exc}"
+        ) from exc
+
+
+_ASSET_KW = dict(
+    group_name=EVAL_GROUP,
+    partitions_def=checkpoints_partitions,
+    code_version="1",
+    kinds={"pytorch", "duckdb", "mlflow"},
+)
+
+
+@dg.asset(
+    deps=["token_shards", "vocabulary", "stage1_checkpoint", "stage2_checkpoint"],
+    description="Findings AUROC per CheXpert observation and macro, image tokens masked "
+    "0-80%, linear probes on the checkpoint's hidden states vs a bag-of-codes baseline; "
+    "patient-bootstrap 95% CIs.",
+    **_ASSET_KW,
+)
+def findings_eval(
+    context: dg.AssetExecutionContext,
+    config: FindingsEvalConfig,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+) -> dg.MaterializeResult:
+    """Probe AUROC under image-token masking for one checkpoint."""
+
+    def run() -> dg.MaterializeResult:
+        from evaluation.findings import FindingsConfig, run_findings
+
+        ec = EvalContext(context, config, storage)
+        train = ec.split("train", config.max_train_rows)
+        test = ec.split("test", config.max_test_rows)
+        layer = config.layer if 0 < config.layer < 1 else int(config.layer)
+        result = run_findings(
+            ec.model,
+            ec.vocab,
+            train,
+            test,
+            FindingsConfig(
+                layer=layer,
+                mask_ratios=tuple(config.mask_ratios),
+                probe_c=config.probe_c,
+                min_test_positives=config.min_test_positives,
+                n_boot=config.n_boot,
+                batch_size=config.batch_size,
+                seed=config.seed,
+            ),
+        )
+        from evaluation.plots import auroc_by_ratio_png, roc_curves_png
+
+        previews = {
+            "auroc_vs_mask_ratio": auroc_by_ratio_png(rows_frame(result.rows, ec.key)),
+            "roc_curves": roc_curves_png(result.samples, "model", 0.0),
+        }
+        return finish(
+            context,
+            ec,
+            "findings",
+            result.rows,
+            result.samples,
+            mlflow_tracking,
+            ["token_shards", "vocabulary"],
+            previews,
+            {
+                "train_images": len(train),
+                "test_images": len(test),
+                "layer": int(result.curves["layer"][0]),
+            },
+        )
+
+    return _guard(run, context.partition_key, "findings")
+
+
+@dg.asset(
+    deps=[
+        "token_shards",
+        "vocabulary",
+        "image_tokenizer",
+        "cxr_images",
+        "stage1_checkpoint",
+        "stage2_checkpoint",
+    ],
+    description="One-pass inpainting of masked image tokens (random / block, 20-80%), decoded "
+    "by the image tokenizer: PSNR/SSIM vs the original and vs the tokenizer's reconstruction; "
+    "image-blind baseline.",
+    **_ASSET_KW,
+)
+def inpainting_eval(
+    context: dg.AssetExecutionContext,
+    config: InpaintingEvalConfig,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+) -> dg.MaterializeResult:
+    """Inpainting PSNR/SSIM for one checkpoint."""
+
+    def run() -> dg.MaterializeResult:
+        from evaluation.data import load_pixels
+        from evaluation.inpainting import InpaintingConfig, positionwise_mode, run_inpainting
+        from models.vq_tokenizer import load_checkpoint
+
+        ec = EvalContext(context, config, storage)
+        train = ec.split("train", config.max_train_rows)
+        test = ec.split("test", config.max_test_rows)
+        images_dir = storage.path(*paths.IMAGES_DIR)
+        image_manifest = json.loads((images_dir / "_manifest.json").read_text())
+        pixels = load_pixels(
+            [images_dir / s["path"] for s in image_manifest["shards"]], test.image_ids
+        )
+        vq = load_checkpoint(storage.path(*paths.IMAGE_TOKENIZER_DIR), config.device).eval()
+        result = run_inpainting(
+            ec.model,
+            vq,
+            ec.vocab,
+            test,
+            pixels,
+            positionwise_mode(train.codes, ec.vocab.codebook_size),
+            InpaintingConfig(
+                mask_ratios=tuple(config.mask_ratios),
+                patterns=tuple(config.patterns),
+                n_boot=config.n_boot,
+                batch_size=config.batch_size,
+                seed=config.seed,
+            ),
+        )
+        return finish(
+            context,
+            ec,
+            "inpainting",
+            result.rows,
+            result.samples,
+            mlflow_tracking,
+            ["token_shards", "vocabulary", "image_tokenizer", "cxr_images"],
+            {"inpainting_examples": result.preview_png},
+            {"test_images": len(test)},
+        )
+
+    return _guard(run, context.partition_key, "inpainting")
+
+
+@dg.asset(
+    deps=["token_shards", "vocabulary", "text_tokenizer", "stage1_checkpoint", "stage2_checkpoint"],
+    description="Greedy report generation after the image prompt (KV cache, batched): BLEU-4, "
+    "ROUGE-L, CheXpert-labeler clinical F1 (micro/macro), GREEN when a local judge is "
+    "configured; nearest-TRAIN-report baselines.",
+    **_ASSET_KW,
+)
+def report_generation_eval(
+    context: dg.AssetExecutionContext,
+    config: ReportGenerationEvalConfig,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+) -> dg.MaterializeResult:
+    """Generated reports and their scores for one checkpoint."""
+
+    def run() -> dg.MaterializeResult:
+        from evaluation.features import hidden_state_features, resolve_layer
+        from evaluation.report_generation import ReportGenerationConfig, run_report_generation
+        from models.text_tokenizer import load_tokenizer
+
+        ec = EvalContext(context, config, storage)
+        train = ec.split("train", config.max_train_rows)
+        test = ec.split("test", config.max_test_rows)
+        tokenizer = load_tokenizer(storage.path(*paths.TEXT_TOKENIZER_DIR))
+
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+        layer = resolve_layer(0.35, ec.model.config.num_hidden_layers)
+        train_x = hidden_state_features(
+            ec.model, train.codes, None, ec.vocab, layer, config.batch_size
+        )
+        test_x = hidden_state_features(
+            ec.model, test.codes, None, ec.vocab, layer, config.batch_size
+        )
+        result = run_report_generation(
+            ec.model,
+            ec.vocab,
+            decode,
+            train,
+            test,
+            train_x,
+            test_x,
+            ReportGenerationConfig(
+                min_new_tokens=config.min_new_tokens,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size,
+                n_boot=config.n_boot,
+                seed=config.seed,
+                green_model_path=config.green_model_path,
+            ),
+        )
+        examples = result.samples.filter(result.samples["method"] == "model").head(3)
+        table = markdown_table(
+            [
+                {"generated": g[:300], "reference": r[:300]}
+                for g, r in zip(examples["generated"], examples["reference"], strict=True)
+            ],
+            ["generated", "reference"],
+        )
+        return finish(
+            context,
+            ec,
+            "report_generation",
+            result.rows,
+            result.samples,
+            mlflow_tracking,
+            ["token_shards", "vocabulary", "text_tokenizer"],
+            None,
+            {"test_images": len(test), "examples": dg.MetadataValue.md(table)},
+        )
+
+    return _guard(run, context.partition_key, "report_generation")
+
+
+@dg.asset(
+    deps=["token_shards", "vocabulary", "stage1_checkpoint", "stage2_checkpoint"],
+    description="Image <-> report retrieval over TEST: Recall@1/5/10 both ways, scored by "
+    "log p(report | image) - log p(report | masked image) (PMI), hits counted by study.",
+    **_ASSET_KW,
+)
+def retrieval_eval(
+    context: dg.AssetExecutionContext,
+    config: RetrievalEvalConfig,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+) -> dg.MaterializeResult:
+    """Retrieval recall for one checkpoint."""
+
+    def run() -> dg.MaterializeResult:
+        from evaluation.retrieval import RetrievalConfig, run_retrieval
+
+        ec = EvalContext(context, config, storage)
+        test = ec.split("test", config.max_test_rows)
+        result = run_retrieval(
+            ec.model,
+            ec.vocab,
+            test,
+            RetrievalConfig(
+                max_text_tokens=ec.max_text_tokens,
+                report_batch_size=config.report_batch_size,
+                n_boot=config.n_boot,
+                seed=config.seed,
+            ),
+        )
+        return finish(
+            context,
+            ec,
+            "retrieval",
+            result.rows,
+            result.samples,
+            mlflow_tracking,
+            ["token_shards", "vocabulary"],
+            None,
+            {"test_images": len(test), "test_studies": int(result.scores.shape[1])},
+        )
+
+    return _guard(run, context.partition_key, "retrieval")
+
+
+EVAL_ASSETS = [findings_eval, inpainting_eval, report_generation_eval, retrieval_eval]

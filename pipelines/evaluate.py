@@ -1,0 +1,108 @@
+"""Evaluate checkpoints from the command line (what the sensor does, without the daemon).
+
+    python -m pipelines.evaluate list
+    python -m pipelines.evaluate register PATH [--key KEY] [--run]
+    python -m pipelines.evaluate run (--all | KEY ...) [--only-new]
+
+``register`` records any checkpoint directory (a published one with ``checkpoint.json`` or a
+``train_lm`` folder with ``COMPLETE``) so that the sensor, or ``run``, evaluates it. ``run``
+adds the partitions to the Dagster instance ($DAGSTER_HOME) and materializes the four
+evaluation assets per checkpoint and then the leaderboard, as runs the UI shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import dagster as dg
+
+from pipelines.checkpoint_registry import discover, register
+from pipelines.partitions import checkpoints_partitions
+from pipelines.resources import StorageResource
+
+
+def evaluated_keys(instance: dg.DagsterInstance) -> set[str]:
+    """Partitions whose four evaluation assets have all been materialized."""
+    from assets.evaluation import EVAL_ASSETS
+
+    done: set[str] | None = None
+    for asset in EVAL_ASSETS:
+        keys = set(instance.get_materialized_partitions(asset.key))
+        done = keys if done is None else done & keys
+    return done or set()
+
+
+def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
+    """Add partitions, materialize the evaluation assets per key, then the leaderboard."""
+    from assets.evaluation import EVAL_ASSETS
+    from assets.leaderboard import leaderboard
+    from pipelines.resources import default_resources
+
+    existing = set(instance.get_dynamic_partitions(checkpoints_partitions.name))
+    new = [k for k in keys if k not in existing]
+    if new:
+        instance.add_dynamic_partitions(checkpoints_partitions.name, new)
+    ok = True
+    resources = default_resources()
+    for key in keys:
+        result = dg.materialize(
+            EVAL_ASSETS,
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+        )
+        sys.stdout.write(f"{key}: {'evaluated' if result.success else 'FAILED'}\n")
+        ok &= result.success
+    if keys:
+        board = dg.materialize(
+            [leaderboard], instance=instance, resources=resources, raise_on_error=False
+        )
+        ok &= board.success
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="discovered checkpoints and whether they are evaluated")
+    reg = sub.add_parser("register", help="register a checkpoint directory for evaluation")
+    reg.add_argument("path")
+    reg.add_argument("--key", default=None, help="partition key (default reg-<folder name>)")
+    reg.add_argument("--run", action="store_true", help="evaluate it now")
+    run = sub.add_parser("run", help="evaluate checkpoints now")
+    run.add_argument("keys", nargs="*")
+    run.add_argument("--all", action="store_true", help="every discovered checkpoint")
+    run.add_argument("--only-new", action="store_true", help="skip evaluated checkpoints")
+    args = parser.parse_args(argv)
+    root = StorageResource().root_path
+    instance = dg.DagsterInstance.get()
+    if args.command == "list":
+        done = evaluated_keys(instance)
+        for ref in discover(root):
+            mark = "evaluated" if ref.key in done else "pending"
+            sys.stdout.write(f"{ref.key}\t{ref.origin}\t{mark}\t{ref.path}\n")
+        return 0
+    if args.command == "register":
+        ref = register(root, args.path, args.key)
+        sys.stdout.write(f"registered {ref.key} -> {ref.path}\n")
+        return 0 if not args.run or evaluate([ref.key], instance) else 1
+    known = {r.key for r in discover(root)}
+    keys = sorted(known) if args.all else args.keys
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        sys.stderr.write(f"error: unknown checkpoint key(s) {unknown}; see `list`\n")
+        return 2
+    if args.only_new:
+        done = evaluated_keys(instance)
+        keys = [k for k in keys if k not in done]
+    if not keys:
+        sys.stdout.write("nothing to evaluate\n")
+        return 0
+    return 0 if evaluate(keys, instance) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
