@@ -174,3 +174,14 @@ class MLflowResource(dg.ConfigurableResource):
             if experiment is None:
                 raise
             return experiment.experiment_id
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """The resources of the code location, each resolved from env vars / local defaults."""
+    return {
+        "source": SourceResource(),
+        "storage": StorageResource(),
+        "privacy": PrivacyResource(),
+        "ray": RayResource(),
+        "mlflow_tracking": MLflowResource(),
+    }
