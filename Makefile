@@ -3,10 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO_STUDIES ?= 120
+DEMO_STUDIES ?= 400
 DEMO_SEED ?= 0
 UI_PORT ?= 3000
-DEMO_SELECT ?= *
+DEMO_SELECT ?= not group:evaluation
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export CHEXMIX_SOURCE_ROOT ?= $(CURDIR)/data/demo
@@ -19,7 +19,7 @@ export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv data demo test test-all ui lint bench-ingest clean-demo
+.PHONY: venv data demo test test-all ui lint bench-ingest clean-demo cluster-demo
 
 venv: $(VENV)/.installed
 
@@ -41,8 +41,10 @@ data: venv
 
 demo: venv data $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m pipelines.definitions --select '$(DEMO_SELECT)'
+	$(BIN)/python -m pipelines.evaluate run --all --only-new
 	@echo
 	@echo "Done. Outputs: $(CHEXMIX_STORAGE_ROOT); catalog: $(CHEXMIX_STORAGE_ROOT)/catalog.duckdb"
+	@echo "Leaderboard: $(CHEXMIX_STORAGE_ROOT)/evaluation/leaderboard.md"
 	@echo "Open the UI with:  make ui   then browse http://127.0.0.1:$(UI_PORT)"
 
 test: venv
@@ -57,6 +59,13 @@ ui: venv $(DAGSTER_HOME)/dagster.yaml
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# A real 2-node Ray cluster on this machine (separate `ray start` processes, 1 CPU each):
+# tokenization and a short stage 1 (STRICT_SPREAD) on the demo storage; stopped by PID.
+CLUSTER_STATE ?= $(DAGSTER_HOME)/ray_cluster
+CLUSTER_STEPS ?= 20
+cluster-demo: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python scripts/ray_cluster.py demo --state-dir '$(CLUSTER_STATE)' --steps $(CLUSTER_STEPS)
 
 bench-ingest: venv
 	$(BIN)/python bench/ingest.py

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.partitions import checkpoints_partitions
-
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingest"),
@@ -35,7 +33,6 @@ evaluation_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(
         "findings_eval", "inpainting_eval", "report_generation_eval", "retrieval_eval"
     ),
-    partitions_def=checkpoints_partitions,
     description="The four benchmarks for one checkpoint partition (launched by the sensor).",
 )
 

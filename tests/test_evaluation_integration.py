@@ -31,9 +31,10 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"findings", "inpainting", "report_generation", "retrieval"}
 EVAL_CONFIG = {"n_boot": 40, "max_train_rows": 400}
+FINDINGS = {**EVAL_CONFIG, "mask_ratios": [0.0, 0.4, 0.8], "min_test_positives": 2}
 RUN_CONFIG = {
     "ops": {
-        "findings_eval": {"config": {**EVAL_CONFIG, "mask_ratios": [0.0, 0.4, 0.8]}},
+        "findings_eval": {"config": FINDINGS},
         "inpainting_eval": {
             "config": {**EVAL_CONFIG, "mask_ratios": [0.4], "patterns": ["random", "block"]}
         },
@@ -86,6 +87,14 @@ def trained(tmp_path_factory):
                     }
                 },
                 "text_tokenizer": {"config": {"vocab_size": 300}},
+                # a larger test split than the default 10%, so AUROC has positives to rank
+                "splits": {
+                    "config": {
+                        "train_fraction": 0.6,
+                        "validate_fraction": 0.1,
+                        "test_fraction": 0.3,
+                    }
+                },
                 "token_shards": {"config": {"use_ray": False}},
                 "stage1_checkpoint": stage,
                 "stage2_checkpoint": stage,
