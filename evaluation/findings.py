@@ -20,7 +20,7 @@ from cxr.labeler import OBSERVATIONS
 from evaluation.data import EvalRows, mask_positions
 from evaluation.features import code_histograms, hidden_state_features
 from evaluation.results import MetricRow
-from evaluation.stats import auroc, patient_bootstrap
+from evaluation.stats import auroc, interval, resample_indices
 from models.vocabulary import Vocabulary
 
 TASK = "findings"
@@ -98,6 +98,7 @@ def evaluate_features(
 ) -> tuple[list[MetricRow], pl.DataFrame]:
     """Per-observation and macro AUROC of probes on one feature set."""
     train_y, test_y = train.positives, test.positives
+    resamples = resample_indices(test.patient_ids, config.n_boot, config.seed)
     rows: list[MetricRow] = []
     scores: dict[int, np.ndarray] = {}
     samples = []
@@ -136,9 +137,7 @@ def evaluate_features(
             continue
         scores[k] = s
         y = test_y[:, k]
-        est = patient_bootstrap(
-            test.patient_ids, lambda i, y=y, s=s: auroc(y[i], s[i]), config.n_boot, config.seed
-        )
+        est = interval(auroc(y, s), [auroc(y[i], s[i]) for i in resamples], len(test))
         rows.append(
             MetricRow(
                 TASK,
@@ -171,7 +170,7 @@ def evaluate_features(
             values = [auroc(test_y[i, k], s[i]) for k, s in scores.items()]
             return float(np.mean(values)) if np.all(np.isfinite(values)) else float("nan")
 
-        est = patient_bootstrap(test.patient_ids, macro, config.n_boot, config.seed)
+        est = interval(macro(np.arange(len(test))), [macro(i) for i in resamples], len(test))
         rows.append(
             MetricRow(
                 TASK,

@@ -15,6 +15,11 @@ from pipelines.jobs import evaluation_job, leaderboard_job
 from pipelines.partitions import checkpoints_partitions
 from pipelines.resources import StorageResource
 
+EVAL_ASSET_KEYS = [
+    dg.AssetKey(name)
+    for name in ("findings_eval", "inpainting_eval", "report_generation_eval", "retrieval_eval")
+]
+
 
 @dg.sensor(
     job=evaluation_job,
@@ -33,6 +38,14 @@ def checkpoint_sensor(
     refs = discover(storage.root_path)
     existing = set(context.instance.get_dynamic_partitions(checkpoints_partitions.name))
     new_keys = [r.key for r in refs if r.key not in existing]
+    # a checkpoint first seen here but already evaluated (e.g. by `pipelines.evaluate run`
+    # before the daemon started) is not evaluated again until its files change
+    unseen = {r.key for r in refs if r.key not in seen and r.key in existing}
+    if unseen:
+        done = set.intersection(
+            *(set(context.instance.get_materialized_partitions(key)) for key in EVAL_ASSET_KEYS)
+        )
+        seen.update({r.key: r.fingerprint for r in refs if r.key in unseen & done})
     requests = [
         dg.RunRequest(
             partition_key=r.key,

@@ -227,3 +227,17 @@ def test_results_upsert_is_idempotent_and_safe_across_processes(tmp_path):
             EvalRunInfo("ckpt-a", "findings", "r", "/x", "h", {}, {}, "c", "code"),
             [MetricRow("findings", "model", "auroc", 0.5)] * 2,
         )
+
+
+def test_auroc_equals_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from evaluation.stats import auroc
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.random(40) < 0.3
+        s = np.round(rng.random(40), 1)  # many ties
+        if y.any() and not y.all():
+            assert auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert np.isnan(auroc(np.zeros(5), np.arange(5)))

@@ -302,3 +302,12 @@ def test_two_concurrent_evaluations_of_one_checkpoint_stay_consistent(trained, e
         assert "lock" not in err.lower() or "Conflicting lock" not in err
     after = results(storage, f"checkpoint_id = '{key}' AND task = 'retrieval'")
     assert after == before  # same rows, no duplicates, none lost
+
+
+def test_a_fresh_sensor_does_not_re_evaluate_evaluated_checkpoints(trained, evaluated):
+    instance = evaluated[0]
+    tick = checkpoint_sensor(
+        dg.build_sensor_context(instance=instance, resources={"storage": trained[2]["storage"]})
+    )
+    requested = {r.partition_key for r in tick.run_requests}
+    assert not requested & {r.partition_key for r in evaluated[1].run_requests}
