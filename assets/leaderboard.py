@@ -57,6 +57,11 @@ def leaderboard(storage: StorageResource) -> dg.MaterializeResult:
         metadata["inpainting_examples"] = dg.MetadataValue.md(
             f"checkpoint `{shown}`\n\n" + markdown_image(examples.read_bytes(), "inpainting")
         )
+    roc = out / shown / "findings" / "roc_curves.png"
+    if roc.is_file():
+        metadata["roc_curves"] = dg.MetadataValue.md(
+            f"checkpoint `{shown}`, no masking\n\n" + markdown_image(roc.read_bytes(), "ROC")
+        )
     reports = out / shown / "report_generation" / "samples.parquet"
     if reports.is_file():
         sample = pl.read_parquet(reports).filter(pl.col("method") == "model").head(4)

@@ -1,8 +1,11 @@
 """Jobs: named asset selections users launch from the UI or the CLI."""
 
-from __future__ import annotations
+from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
+
+from pipelines.resources import StorageResource
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -42,4 +45,37 @@ leaderboard_job = dg.define_asset_job(
     description="Rebuild the leaderboard from eval_results.",
 )
 
-JOBS = [ingest_job, curation_job, tokenization_job, training_job, evaluation_job, leaderboard_job]
+
+class RegisterCheckpointConfig(dg.Config):
+    """A checkpoint directory to evaluate (published ``checkpoint.json`` or ``train_lm``)."""
+
+    path: str = Field(description="Absolute path of the checkpoint directory")
+    key: str = Field(default="", description="Partition key; empty = reg-<folder name>")
+
+
+@dg.op(description="Record a checkpoint directory; the checkpoint sensor then evaluates it.")
+def register_checkpoint(
+    context: dg.OpExecutionContext, config: RegisterCheckpointConfig, storage: StorageResource
+) -> None:
+    """Register ``config.path`` under the storage root's checkpoint registry."""
+    from pipelines.checkpoint_registry import register
+
+    ref = register(storage.root_path, Path(config.path), config.key or None)
+    context.log.info(f"registered {ref.key} -> {ref.path}; the checkpoint sensor evaluates it")
+
+
+@dg.job(description="Register any checkpoint directory for evaluation (the UI path).")
+def register_checkpoint_job() -> None:
+    """One op: register a checkpoint directory."""
+    register_checkpoint()
+
+
+JOBS = [
+    register_checkpoint_job,
+    ingest_job,
+    curation_job,
+    tokenization_job,
+    training_job,
+    evaluation_job,
+    leaderboard_job,
+]
