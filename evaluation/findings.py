@@ -167,8 +167,10 @@ def evaluate_features(
     if scores:
 
         def macro(i: np.ndarray) -> float:
-            values = [auroc(test_y[i, k], s[i]) for k, s in scores.items()]
-            return float(np.mean(values)) if np.all(np.isfinite(values)) else float("nan")
+            # mean over the scored observations defined in this (re)sample: a resample that
+            # happens to draw no positive of a rare observation still counts the others
+            values = np.array([auroc(test_y[i, k], s[i]) for k, s in scores.items()])
+            return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
         est = interval(macro(np.arange(len(test))), [macro(i) for i in resamples], len(test))
         rows.append(
