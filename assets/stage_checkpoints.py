@@ -46,6 +46,11 @@ class StageConfig(dg.Config):
     checkpoint_every: int = Field(default=100, description="Checkpoint every N steps")
     use_ray: bool = Field(default=True, description="Ray Train (TorchTrainer); False = in-process")
     num_workers: int = Field(default=1, description="Ray Train workers (DDP)")
+    placement_strategy: str = Field(
+        default="PACK",
+        description="Where Ray puts the workers: PACK (fewest nodes), SPREAD (distinct nodes if "
+        "possible), STRICT_PACK (one node) or STRICT_SPREAD (one node per worker; waits for them)",
+    )
     use_gpu: bool = Field(default=False, description="One GPU per worker")
     max_failures: int = Field(default=2, description="Worker-group restarts, each resuming")
     dtype: str = Field(default="float32", description="float32, or bfloat16 autocast on GPUs")
@@ -243,6 +248,7 @@ def train_stage(
         "tokens_per_second": float(summary.get("tokens_per_second", np.nan)),
         "world_size": int(summary.get("world_size", 1)),
         "resumed_from_step": int(summary.get("start_step", 0)),
+        "worker_node_ids": dg.MetadataValue.json(list(summary.get("worker_node_ids", []))),
         "checkpoint": dg.MetadataValue.path(str(target)),
         "mlflow_run_id": mlflow_run_id,
         **hashes,
@@ -278,6 +284,7 @@ def _run(
             storage_path=str(storage.path(*CHECKPOINTS_ROOT, "ray")),
             run_name=f"stage{stage}-{context.run.run_id}",
             max_failures=config.max_failures,
+            placement_strategy=config.placement_strategy,
         )
         summary = {**result.get("worker_summary", {}), "start_step": result.get("start_step", 0)}
         history = summary.get("history") or [

@@ -27,8 +27,17 @@ class TokenShardsConfig(dg.Config):
     use_ray: bool = Field(
         default=True, description="Ray Data actors (one tokenizer per worker); False = in-process"
     )
-    num_workers: int = Field(default=2, description="Tokenizer actors (Ray)")
+    num_workers: int = Field(
+        default=2,
+        description="Tokenizer actors (Ray); capped by the shards and by the CPUs (or GPUs) the "
+        "Ray cluster has",
+    )
     device: str = Field(default="cpu", description="cpu, or cuda for GPU workers")
+    actor_start_timeout_s: int = Field(
+        default=600,
+        description="Seconds to wait until every tokenizer actor is up before shards are handed "
+        "out (so the shards spread over all workers and nodes); 0 = start on the first one",
+    )
 
 
 def run_token_tasks(
@@ -37,24 +46,45 @@ def run_token_tasks(
     config: TokenShardsConfig,
     ray_resource: RayResource | None,
 ) -> list[dict[str, Any]]:
-    """Tokenize every shard, with Ray Data actors when ``ray_resource`` is given."""
+    """Tokenize every shard, with Ray Data actors when ``ray_resource`` is given.
+
+    On Ray, a fixed pool of ``ShardTokenizer`` actors (one CPU, or one GPU, each) takes one
+    whole shard at a time, and shards are handed out only once every actor is up, so a pool of
+    N actors on N nodes tokenizes on all N nodes. Each summary row names its ``node_id``.
+    """
     if ray_resource is None or not tasks:
         worker = ShardTokenizer(**kwargs) if tasks else None
         return [worker.process(t) for t in tasks] if worker else []
+    import ray
     import ray.data
 
     ray_resource.ensure_started()
     gpu = config.device.startswith("cuda")
-    dataset = ray.data.from_items([dataclasses.asdict(t) for t in tasks])
-    summaries = dataset.map_batches(
+    capacity = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 0))
+    size = max(1, min(config.num_workers, len(tasks), capacity or config.num_workers))
+    dataset = ray.data.from_items([dataclasses.asdict(t) for t in tasks]).map_batches(
         ShardTokenizer,
         fn_constructor_kwargs=kwargs,
         batch_size=1,
-        concurrency=max(1, min(config.num_workers, len(tasks))),
+        compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
         num_cpus=0 if gpu else 1,
         num_gpus=1 if gpu else 0,
-    ).take_all()
-    return summaries
+    )
+    if config.actor_start_timeout_s > 0:  # this dataset's own context copy
+        dataset.context.wait_for_min_actors_s = config.actor_start_timeout_s
+    return dataset.take_all()
+
+
+def nodes_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shards and rows per Ray node (``""``: in-process), for run metadata."""
+    per_node: dict[str, dict[str, Any]] = {}
+    for summary in summaries:
+        node = summary.get("node_id") or "in-process"
+        row = per_node.setdefault(node, {"node_id": node, "shards": 0, "rows": 0, "reused": 0})
+        row["shards"] += 1
+        row["rows"] += summary["num_rows"]
+        row["reused"] += int(bool(summary["reused"]))
+    return sorted(per_node.values(), key=lambda r: r["node_id"])
 
 
 @dg.asset(
@@ -131,11 +161,17 @@ def token_shards(
         config={**config.model_dump(), **hashes},
     )
     num_rows = sum(s["num_rows"] for s in summaries)
+    nodes = nodes_table(summaries)
     return dg.MaterializeResult(
         metadata={
             "num_rows": num_rows,
             "num_shards": len(summaries),
             "num_shards_reused": sum(1 for s in summaries if s["reused"]),
+            "num_nodes": len(nodes),
+            "shards_per_node": dg.MetadataValue.json({r["node_id"]: r["shards"] for r in nodes}),
+            "nodes": dg.MetadataValue.md(
+                markdown_table(nodes, ["node_id", "shards", "rows", "reused"])
+            ),
             "per_split": dg.MetadataValue.md(
                 markdown_table(
                     [

@@ -12,6 +12,7 @@ offset is applied only when training batches are built (``models.vocabulary``).
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,22 @@ def plan_token_shards(
     return tasks
 
 
+def current_ray_node_id() -> str:
+    """Hex id of the Ray node running this process, or ``""`` outside Ray (never imports Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return str(ray.get_runtime_context().get_node_id())
+
+
 class ShardTokenizer:
     """Stateful tokenizer worker: loads both tokenizers once, then tokenizes whole shards.
 
     Used as a Ray Data ``map_batches`` actor class (one instance per worker, so the model loads
     once) or called directly in-process. Each input row is a ``TokenTask``; each output row is
-    that shard's summary.
+    that shard's summary: ``shard``, ``num_rows``, ``sha256``, ``reused`` and ``node_id`` (the
+    Ray node that ran this worker, ``""`` in-process; for run metadata only, never written into
+    a shard or the manifest).
     """
 
     def __init__(
@@ -152,6 +163,7 @@ class ShardTokenizer:
         self.batch_size = batch_size
         self.file_metadata = {k.encode(): v.encode() for k, v in file_metadata.items()}
         self.schema = token_schema(self.vq.codes_per_image)
+        self.node_id = current_ray_node_id()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         """Ray Data entry point: a batch of tasks (columns) -> a batch of summaries."""
@@ -191,6 +203,7 @@ class ShardTokenizer:
                 "num_rows": pq.read_metadata(target).num_rows,
                 "sha256": file_sha256(target),
                 "reused": True,
+                "node_id": self.node_id,
             }
         plan = pq.read_table(self.plan_path, filters=[("shard", "=", task.shard)])
         plan_rows = {r["image_id"]: r for r in plan.to_pylist()}
@@ -228,7 +241,13 @@ class ShardTokenizer:
             {**self.file_metadata, b"chexmix.input_hash": task.input_hash.encode()}
         )
         sha = write_parquet(table, target, row_group_size=ROW_GROUP_ROWS)
-        return {"shard": task.shard, "num_rows": len(rows), "sha256": sha, "reused": False}
+        return {
+            "shard": task.shard,
+            "num_rows": len(rows),
+            "sha256": sha,
+            "reused": False,
+            "node_id": self.node_id,
+        }
 
 
 def finalize_token_shards(

@@ -1,0 +1,216 @@
+"""A real 2-node Ray cluster: two `ray start` processes on this machine (1 CPU each), started
+and stopped by `scripts/ray_cluster.py`, with the pipeline pointed at it through RAY_ADDRESS.
+
+Tokenization (2 Ray Data actors) and stage 1 (2 Ray Train workers, STRICT_SPREAD) must run on
+both nodes; teardown stops every process of the cluster by PID and checks that none is left."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import pytest
+
+from cxr.synthetic import generate_archive
+from pipelines.definitions import defs
+from pipelines.resources import (
+    MLflowResource,
+    PrivacyResource,
+    RayResource,
+    SourceResource,
+    StorageResource,
+)
+
+SCRIPT_TIMEOUT_S = 600
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "scripts" / "ray_cluster.py"
+UPSTREAM = [
+    "source_manifest",
+    "studies",
+    "cxr_images",
+    "report_sections",
+    "finding_labels",
+    "splits",
+    "text_tokenizer",
+    "image_tokenizer",
+    "vocabulary",
+]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("ray_cluster_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _resources(archive: Path, storage: Path) -> dict:
+    return {
+        "source": SourceResource(root=str(archive), layout="mimic-cxr"),
+        "storage": StorageResource(root=str(storage)),
+        "privacy": PrivacyResource(salt="cluster-test-salt-0123456789"),
+        "ray": RayResource(),
+        "mlflow_tracking": MLflowResource(),
+    }
+
+
+def _assets(names) -> list:
+    return [a for a in defs().assets if a.key.to_user_string() in set(names)]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> tuple[Path, Path]:
+    """Ingest -> vocabulary in-process (no Ray): the inputs of tokenization."""
+    archive = tmp_path_factory.mktemp("cluster_archive")
+    generate_archive(archive, num_studies=12, seed=3, bad_files=False, size_scale=0.5)
+    storage = tmp_path_factory.mktemp("cluster_storage")
+    result = dg.materialize(
+        _assets(UPSTREAM),
+        resources=_resources(archive, storage),
+        run_config={
+            "ops": {
+                "cxr_images": {
+                    "config": {"use_ray": False, "images_per_shard": 8, "image_size": 64}
+                },
+                "image_tokenizer": {
+                    "config": {"preset": "debug", "steps": 4, "batch_size": 4, "real_check_dir": ""}
+                },
+                "text_tokenizer": {"config": {"vocab_size": 320, "min_frequency": 1}},
+            }
+        },
+    )
+    assert result.success
+    manifest = json.loads((storage / "images" / "_manifest.json").read_text())
+    assert sum(1 for s in manifest["shards"] if s["num_images"]) >= 2  # work for both nodes
+    return archive, storage
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two Ray nodes started by the script's CLI; stopped by PID, and checked gone."""
+    import ray
+
+    ray.shutdown()  # a Ray left connected by an earlier test would swallow RAY_ADDRESS
+    script = _load_script()
+    state_dir = tmp_path_factory.mktemp("ray_cluster")
+    started = subprocess.run(
+        [sys.executable, str(SCRIPT), "start", "--state-dir", str(state_dir), "--timeout", "120"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    state = script.load_state(state_dir) if (state_dir / script.STATE_NAME).exists() else None
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert started.stdout.strip() == f"RAY_ADDRESS={state['address']}"
+        node_ids = [n["node_id"] for n in state["nodes"]]
+        assert len(set(node_ids)) == 2 and all(node_ids)
+        pids = script.cluster_pids(state)
+        assert {n["pid"] for n in state["nodes"]} <= set(pids)
+        assert {"gcs_server", "raylet"} <= set(pids.values())
+        yield state
+    finally:
+        ray.shutdown()
+        pids = script.cluster_pids(state) if state else {}
+        stopped = subprocess.run(
+            [sys.executable, str(SCRIPT), "stop", "--state-dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert stopped.returncode == 0 or not state, stopped.stderr[-3000:]
+        alive = []
+        for pid in pids:
+            try:
+                if not script.is_gone(psutil.Process(pid)):
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        assert not alive, f"cluster processes still running after stop: {alive}"
+        if state:
+            assert not script.cluster_pids(state)
+            assert not Path(state["temp_root"]).exists()
+
+
+def test_ports_are_distinct_free_blocks_and_commands_name_them(tmp_path):
+    script = _load_script()
+    nodes = script.allocate_ports(2, seed=1)
+    ports = [p for node in nodes for k, p in node.items() if not k.endswith("_worker")]
+    ranges = [set(range(n["min_worker"], n["max_worker"] + 1)) for n in nodes]
+    assert len(ports) == len(set(ports)) == 2 * script.PORTS_PER_NODE + 3
+    assert not ranges[0] & ranges[1] and not set(ports) & (ranges[0] | ranges[1])
+    head = script._node_command(0, nodes[0], "127.0.0.1:1", 1, tmp_path, 1 << 28)
+    worker = script._node_command(1, nodes[1], "127.0.0.1:1", 2, tmp_path, 1 << 28)
+    assert "--head" in head and "--include-dashboard=false" in head and "--block" in head
+    assert f"--port={nodes[0]['gcs']}" in head and "--address=127.0.0.1:1" in worker
+    assert "--num-cpus=2" in worker and '--resources={"chexmix_node_1": 1}' in worker
+    assert f"--min-worker-port={nodes[1]['min_worker']}" in worker
+
+
+def test_stop_without_a_recorded_cluster_is_a_clear_error(tmp_path):
+    script = _load_script()
+    with pytest.raises(script.ClusterError, match="no cluster was started there"):
+        script.stop_cluster(tmp_path)
+    assert script.stop_cluster(tmp_path, quiet=True) == []
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "stop", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "no cluster.json" in done.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(SCRIPT_TIMEOUT_S)
+def test_tokenization_and_training_run_on_both_nodes(upstream, cluster, monkeypatch):
+    import ray
+
+    archive, storage = upstream
+    monkeypatch.setenv("RAY_ADDRESS", cluster["address"])
+    ray.shutdown()
+    cluster_nodes = {n["node_id"] for n in cluster["nodes"]}
+    stage1 = {
+        "lm_preset": "debug",
+        "steps": 4,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "checkpoint_every": 4,
+        "max_text_tokens": 32,
+        "val_max_rows": 16,
+        "num_workers": 2,
+        "placement_strategy": "STRICT_SPREAD",
+    }
+    try:
+        result = dg.materialize(
+            _assets(["token_shards", "stage1_checkpoint"]),
+            resources=_resources(archive, storage),
+            run_config={
+                "ops": {
+                    "token_shards": {"config": {"use_ray": True, "num_workers": 2}},
+                    "stage1_checkpoint": {"config": stage1},
+                }
+            },
+        )
+        assert result.success
+        # the driver really was a client of the 2-node cluster, not a local Ray
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert alive == cluster_nodes
+    finally:
+        ray.shutdown()
+
+    def metadata(asset: str) -> dict:
+        (event,) = result.asset_materializations_for_node(asset)
+        return {k: v.value for k, v in event.metadata.items()}
+
+    tokens = metadata("token_shards")
+    assert tokens["num_nodes"] == 2
+    assert set(tokens["shards_per_node"]) == cluster_nodes  # each node tokenized shards
+    assert sum(tokens["shards_per_node"].values()) == tokens["num_shards"]
+    train = metadata("stage1_checkpoint")
+    assert train["world_size"] == 2 and train["steps"] == 4
+    workers = train["worker_node_ids"]
+    assert len(workers) == 2 and set(workers) == cluster_nodes  # STRICT_SPREAD: 1 per node
