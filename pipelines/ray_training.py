@@ -19,7 +19,11 @@
    the same number of times;
 5. when Ray restarts the worker group after a failure (``FailureConfig(max_failures)``),
    resumes from ``ray.train.get_checkpoint()``: weights, optimizer, scheduler, step, every
-   rank's data position and RNG states.
+   rank's data position and RNG states;
+6. at the end, gathers every rank's Ray node id (``worker_node_ids`` in the summary), so a
+   run shows where its workers ran. ``placement_strategy`` (``ScalingConfig``) decides that:
+   ``PACK`` (default) fills one node first, ``SPREAD`` prefers distinct nodes,
+   ``STRICT_SPREAD`` requires one node per worker.
 
 Reruns with the same ``(storage_path, run_name)`` silently RESUME the earlier run (Ray Train
 V2 behaviour): use a fresh run name (or storage path) for a fresh run.
@@ -64,6 +68,7 @@ __all__ = ["fit_with_ray", "resolve_shard_paths", "train_loop_per_worker"]
 logger = logging.getLogger(__name__)
 
 PARALLEL_STRATEGIES = ("ddp", "fsdp", None)
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 def resolve_shard_paths(config: dict[str, Any]) -> list[str]:
@@ -142,7 +147,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     Returns:
         This worker's summary (Ray keeps rank 0's as ``Result.return_value``): ``steps``,
         ``start_step``, ``seconds``, ``steps_per_second``, ``tokens_per_second``,
-        ``last_metrics``, ``world_size``.
+        ``last_metrics``, ``world_size``, ``node_id`` (this worker's Ray node) and
+        ``worker_node_ids`` (every rank's Ray node, in rank order).
     """
     import ray.train
     import ray.train.torch
@@ -214,6 +220,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             marker = Path(fault["marker"])
             if not marker.exists():
                 marker.write_text(f"rank {rank} failed before step {step}\n")
+                if fault.get("mode", "raise") == "sigkill":  # a hard crash: no Python cleanup
+                    import signal
+
+                    os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"injected failure on rank {rank} before step {step}")
         return False
 
@@ -237,6 +247,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             )
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
+    node_ids = _gather_node_ids(world)
     return {
         "steps": result.steps,
         "start_step": result.start_step,
@@ -245,8 +256,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_second": result.tokens_per_second,
         "last_metrics": result.last_metrics,
         "world_size": world,
+        "node_id": node_ids[rank],
+        "worker_node_ids": node_ids,
         "history": result.history,  # rank 0's logged rows, for MLflow and the loss curve
     }
+
+
+def _gather_node_ids(world_size: int) -> list[str]:
+    """Every rank's Ray node id, in rank order (all ranks call it: a collective)."""
+    import ray
+    import torch.distributed as dist
+
+    node_id = str(ray.get_runtime_context().get_node_id())
+    if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return [node_id]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, node_id)
+    return [str(n) for n in gathered]
 
 
 def _ensure_ray(num_workers: int) -> None:
@@ -277,6 +303,7 @@ def fit_with_ray(
     run_name: str,
     max_failures: int,
     checkpoints_to_keep: int | None = None,
+    placement_strategy: str = "PACK",
 ) -> dict[str, Any]:
     """Train the LM with Ray Train (DDP over ``num_workers`` workers); resume on failures.
 
@@ -291,12 +318,17 @@ def fit_with_ray(
         run_name: Run name. Reusing a ``(storage_path, run_name)`` resumes that run.
         max_failures: Worker-group restarts allowed (each resumes from the latest checkpoint).
         checkpoints_to_keep: Keep only the newest N checkpoints in storage (None: all).
+        placement_strategy: How the workers' placement group is laid over the Ray nodes:
+            ``PACK`` (as few nodes as possible), ``SPREAD`` (distinct nodes when possible),
+            ``STRICT_PACK`` (one node) or ``STRICT_SPREAD`` (one node per worker; the run
+            waits until the cluster has that many nodes with room).
 
     Returns:
         ``metrics`` (rank 0's metrics of the latest checkpoint), ``checkpoint_path`` (the final
         complete checkpoint), ``run_path``, ``steps`` (optimizer steps done in total),
         ``start_step`` (step the last attempt resumed from; > 0 after a restart),
-        ``worker_summary`` (rank 0's ``train_loop_per_worker`` return value), ``wall_s``.
+        ``worker_summary`` (rank 0's ``train_loop_per_worker`` return value),
+        ``worker_node_ids`` (the Ray node of each rank), ``wall_s``.
 
     Raises:
         ValueError: Invalid config.
@@ -316,11 +348,17 @@ def fit_with_ray(
         raise ValueError("parallel_strategy='fsdp' needs use_gpu=True (Ray's FSDP is GPU-only)")
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if placement_strategy not in PLACEMENT_STRATEGIES:
+        raise ValueError(
+            f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {placement_strategy!r}"
+        )
     _ensure_ray(num_workers)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=train_loop_config,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, placement_strategy=placement_strategy
+        ),
         run_config=RunConfig(
             name=run_name,
             storage_path=str(storage_path),
@@ -341,5 +379,6 @@ def fit_with_ray(
         "steps": summary.get("steps"),
         "start_step": summary.get("start_step"),
         "worker_summary": summary,
+        "worker_node_ids": list(summary.get("worker_node_ids", [])),
         "wall_s": wall,
     }

@@ -122,6 +122,15 @@ def ddp_run(ray_session, tokens_dir, tmp_path_factory) -> dict:
     return fit_with_ray(loop_config(tokens_dir), 2, False, str(storage), "fit", max_failures=0)
 
 
+def test_unknown_placement_strategy_is_rejected_before_ray_starts(tokens_dir, tmp_path):
+    from pipelines.ray_training import fit_with_ray
+
+    with pytest.raises(ValueError, match="placement_strategy must be one of"):
+        fit_with_ray(
+            loop_config(tokens_dir), 2, False, str(tmp_path), "x", 0, placement_strategy="spread"
+        )
+
+
 def _optimizer_steps(checkpoint: Path) -> set[int]:
     state = torch.load(checkpoint / "training_state.pt", weights_only=False)
     return {int(s["step"]) for s in state["optimizer"]["state"].values()}
@@ -133,6 +142,12 @@ def test_two_worker_ddp_fit_on_token_shards(ddp_run):
 
     assert ddp_run["steps"] == TOTAL_STEPS and ddp_run["start_step"] == 0
     assert ddp_run["worker_summary"]["world_size"] == 2
+    import ray
+
+    # one local node: both ranks report it (a cluster run shows distinct ids, test_ray_cluster)
+    local_node = ray.get_runtime_context().get_node_id()
+    assert ddp_run["worker_node_ids"] == [local_node, local_node]
+    assert ddp_run["worker_summary"]["node_id"] == local_node
     checkpoint = Path(ddp_run["checkpoint_path"])
     assert checkpoint.name == f"step_{TOTAL_STEPS:06d}"
     assert (checkpoint / COMPLETE_MARKER).is_file()
@@ -167,6 +182,35 @@ def test_failure_drill_restarts_from_checkpoint_and_finishes(
     assert checkpoint.name == f"step_{TOTAL_STEPS:06d}"
     assert _optimizer_steps(checkpoint) == {TOTAL_STEPS}
     # data positions and RNG are restored per rank: the run ends where the clean one did
+    clean = load_file(Path(ddp_run["checkpoint_path"]) / "model" / "model.safetensors")
+    drilled = load_file(checkpoint / "model" / "model.safetensors")
+    for name, tensor in clean.items():
+        assert torch.allclose(tensor, drilled[name], rtol=0, atol=1e-6), name
+
+
+@pytest.mark.integration
+def test_sigkill_drill_resumes_from_the_last_complete_checkpoint(
+    ray_session, tokens_dir, ddp_run, tmp_path
+):
+    """A worker process killed with SIGKILL mid-run (no Python cleanup at all) is replaced."""
+    from models.lm_train import COMPLETE_MARKER
+    from pipelines.ray_training import fit_with_ray
+
+    marker = tmp_path / "killed"
+    fault = {"rank": 1, "step": 5, "marker": str(marker), "mode": "sigkill"}
+    config = loop_config(tokens_dir, fault_injection=fault)
+    out = fit_with_ray(config, 2, False, str(tmp_path / "ray"), "sigkill", max_failures=1)
+    assert marker.read_text().startswith("rank 1")  # the kill happened, once
+    # Ray registers a checkpoint only once every rank's report of that round has been polled;
+    # a SIGKILL loses the killed rank's unpolled reports, so Ray may resume from an OLDER
+    # complete checkpoint than the newest one on disk (step 4 here). Either way the resumed
+    # state is a complete checkpoint and the run ends exactly where the clean run did.
+    assert out["start_step"] in (0, 2, 4)
+    assert (Path(out["run_path"]) / "step_000004" / COMPLETE_MARKER).is_file()
+    assert out["steps"] == TOTAL_STEPS
+    checkpoint = Path(out["checkpoint_path"])
+    assert checkpoint.name == f"step_{TOTAL_STEPS:06d}" and (checkpoint / COMPLETE_MARKER).is_file()
+    assert _optimizer_steps(checkpoint) == {TOTAL_STEPS}
     clean = load_file(Path(ddp_run["checkpoint_path"]) / "model" / "model.safetensors")
     drilled = load_file(checkpoint / "model" / "model.safetensors")
     for name, tensor in clean.items():
