@@ -1,10 +1,14 @@
 """Quality gates on the ingest assets. Blocking checks stop downstream materialization."""
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
 import dagster as dg
 import duckdb
 
 from assets import paths
-from pipelines.resources import StorageResource
+from pipelines.resources import MLflowResource, SourceResource, StorageResource
 
 
 class DecodeRateConfig(dg.Config):
@@ -49,6 +53,29 @@ def decode_success_rate(config: DecodeRateConfig, storage: StorageResource) -> d
             "min_success_rate": config.min_success_rate,
         },
         description=None if scanned else "no image files were scanned",
+    )
+
+
+@dg.asset_check(
+    asset="cxr_images",
+    blocking=True,
+    description="Every image shard and sidecar matches the sha256 in _manifest.json.",
+)
+def image_shards_match_manifest(storage: StorageResource) -> dg.AssetCheckResult:
+    """Re-hash the image shard set against its manifest (a corrupt or missing file is named)."""
+    from cxr.images import verify_image_shards
+
+    try:
+        manifest = verify_image_shards(storage.path(*paths.IMAGES_DIR))
+    except (FileNotFoundError, ValueError) as exc:
+        return dg.AssetCheckResult(passed=False, metadata={"error": str(exc)})
+    return dg.AssetCheckResult(
+        passed=True,
+        metadata={
+            "num_shards": len(manifest["shards"]),
+            "num_images": manifest["num_images"],
+            "content_hash": manifest["content_hash"],
+        },
     )
 
 
@@ -394,8 +421,106 @@ def _loss_went_down(stage: int, storage: StorageResource) -> dg.AssetCheckResult
     )
 
 
+class PrivacyAuditConfig(dg.Config):
+    """What the privacy audit reads back from the source, and how much it scans."""
+
+    sample_files: int = 256
+    """Source files whose headers and paths give the needles (0 = every file)."""
+    min_needle_length: int = 4
+    """Identifier values shorter than this are not searched for (too unspecific)."""
+    binary_limit_mb: int = 256
+    """Other binary files (model weights...) are scanned up to this many MiB each."""
+    max_hits_shown: int = 50
+    """Hits listed in the check's metadata (all are counted)."""
+
+
+def _event_texts(instance: dg.DagsterInstance, run_id: str) -> Iterator[tuple[str, str]]:
+    """This run's event log, the latest materialization of every asset, and the run config."""
+
+    def text(record: object) -> str:  # serialized, with non-ASCII names in clear (not \u-escaped)
+        return json.dumps(json.loads(dg.serialize_value(record)), ensure_ascii=False)
+
+    for index, entry in enumerate(instance.all_logs(run_id)):
+        yield f"run {run_id[:8]} event {index}", text(entry)
+    for key in instance.get_asset_keys():
+        event = instance.get_latest_materialization_event(key)
+        if event is not None:
+            yield f"latest materialization of {key.to_user_string()}", text(event)
+    run = instance.get_run_by_id(run_id)
+    if run is not None:
+        yield f"run {run_id[:8]} config and tags", repr((run.run_config, run.tags))
+
+
+def _mlflow_dir(mlflow_tracking: MLflowResource, storage: StorageResource) -> Path | None:
+    """The local MLflow store folder (None for a tracking server)."""
+    uri = mlflow_tracking.resolved_uri(storage)
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None if "://" in uri else Path(uri)
+
+
+@dg.asset_check(
+    asset="token_shards",
+    blocking=False,
+    description="No identifier read back from the source (names, birth dates, patient ids, "
+    "DICOM UIDs, accession numbers, institution, referring physician, path ids) appears in any "
+    "output, the DuckDB catalog, the MLflow store or the Dagster event log.",
+)
+def privacy_audit(
+    context: dg.AssetCheckExecutionContext,
+    config: PrivacyAuditConfig,
+    source: SourceResource,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+) -> dg.AssetCheckResult:
+    """Scan every output of the deployment for identifiers taken from the source files."""
+    from cxr.catalog import CATALOG_NAME
+    from cxr.previews import markdown_table
+    from cxr.privacy_audit import audit_outputs, needles_from_source
+
+    needles, headers_read = needles_from_source(
+        storage.root_path,
+        source.spec().root,
+        sample_size=config.sample_files,
+        min_length=config.min_needle_length,
+    )
+    report = audit_outputs(
+        needles,
+        storage.root_path,
+        catalog_path=storage.path(CATALOG_NAME),
+        mlflow_dir=_mlflow_dir(mlflow_tracking, storage),
+        events=_event_texts(context.instance, context.run.run_id),
+        binary_limit_bytes=config.binary_limit_mb << 20,
+    )
+    context.log.info(report.summary())
+    shown = [h.as_dict() for h in report.hits[: config.max_hits_shown]]
+    columns = ["where", "location", "source", "needle_kind", "needle", "count"]
+    return dg.AssetCheckResult(
+        passed=report.passed and bool(needles),
+        severity=dg.AssetCheckSeverity.ERROR if report.hits else dg.AssetCheckSeverity.WARN,
+        description=None
+        if needles
+        else "no identifier could be read back from the source: nothing was searched for",
+        metadata={
+            "files_scanned": report.files_scanned,
+            "tables_scanned": report.tables_scanned,
+            "events_scanned": report.events_scanned,
+            "source_headers_read": headers_read,
+            "num_needles": len(needles),
+            "needles_by_kind": dg.MetadataValue.json(report.needles_by_kind),
+            "num_hits": len(report.hits),
+            "hits_by_kind": dg.MetadataValue.json(report.hits_by_kind()),
+            "hits": dg.MetadataValue.md(markdown_table(shown, columns) if shown else "none"),
+            "not_fully_scanned": dg.MetadataValue.json(report.skipped),
+        },
+    )
+
+
 ALL_CHECKS = [
     decode_success_rate,
+    image_shards_match_manifest,
     no_empty_images,
     every_file_accounted_for,
     no_patient_in_two_splits,
@@ -405,4 +530,5 @@ ALL_CHECKS = [
     stage2_checkpoint_reloads,
     stage1_loss_went_down,
     stage2_loss_went_down,
+    privacy_audit,
 ]

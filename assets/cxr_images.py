@@ -13,12 +13,14 @@ from assets import paths
 from cxr.images import (
     ShardTask,
     finalize_shards,
+    invalidate_manifest,
     pixel_config_hash,
     plan_shards,
     process_shard,
 )
 from cxr.pixels import PixelConfig
 from cxr.previews import image_grid_png, markdown_image, markdown_table
+from cxr.storage import ensure_writable_dir
 from pipelines.lineage import record_lineage
 from pipelines.resources import RayResource, SourceResource, StorageResource
 
@@ -103,8 +105,7 @@ def cxr_images(
 ) -> dg.MaterializeResult:
     """Decode the study images into ``images/shard-NNNNN.parquet``."""
     pixel_config = config.pixel_config()
-    out_dir = storage.path(*paths.IMAGES_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_writable_dir(storage.path(*paths.IMAGES_DIR))  # fail fast, before work
     plan_path = storage.path(*paths.IMAGES_PLAN)
     config_hash = pixel_config_hash(pixel_config)
     tasks = plan_shards(
@@ -115,6 +116,10 @@ def cxr_images(
         config.images_per_shard,
         config_hash,
     )
+    if invalidate_manifest(out_dir, tasks):
+        context.log.info(
+            "shards will change: the old _manifest.json is removed until this run ends"
+        )
     summaries = run_shards(
         tasks,
         source.spec().root,

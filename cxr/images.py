@@ -127,6 +127,42 @@ def plan_shards(
     return [ShardTask(shard_index=r[0], input_hash=r[1], num_items=r[2]) for r in rows]
 
 
+def is_reusable(task: ShardTask, out_dir: Path) -> bool:
+    """Whether ``task``'s shard (and sidecar) already exist, made from the same inputs.
+
+    The shard is written after its sidecar, so a shard with the task's input hash in its
+    metadata means both writes of that task finished.
+    """
+    shard_path = Path(out_dir) / f"{task.name}.parquet"
+    rejected_path = Path(out_dir) / f"{task.name}.rejected.parquet"
+    return parquet_input_hash(shard_path) == task.input_hash and rejected_path.exists()
+
+
+def invalidate_manifest(out_dir: Path, tasks: list[ShardTask]) -> bool:
+    """Delete ``_manifest.json`` before a run that will rewrite the shard set.
+
+    Shards are replaced one by one; if the old manifest stayed while they were, a run killed
+    half-way would leave a manifest that lists a mix of old and new files. Removing it first
+    makes the set read as incomplete until ``finalize_shards`` writes the new manifest. A run
+    that reuses every shard of exactly the listed set keeps the manifest.
+
+    Returns:
+        True if a manifest was deleted.
+    """
+    manifest_path = Path(out_dir) / MANIFEST_NAME
+    if not manifest_path.exists():
+        return False
+    try:
+        listed = {s["path"] for s in json.loads(manifest_path.read_text())["shards"]}
+    except (ValueError, KeyError, TypeError):
+        listed = None  # unreadable: rewrite it
+    planned = {f"{t.name}.parquet" for t in tasks}
+    if listed == planned and all(is_reusable(t, out_dir) for t in tasks):
+        return False
+    manifest_path.unlink(missing_ok=True)
+    return True
+
+
 def process_shard(
     task: ShardTask, source_root: Path, plan_path: Path, out_dir: Path, pixel_config: Any
 ) -> dict[str, Any]:
@@ -139,7 +175,7 @@ def process_shard(
 
     shard_path = out_dir / f"{task.name}.parquet"
     rejected_path = out_dir / f"{task.name}.rejected.parquet"
-    if parquet_input_hash(shard_path) == task.input_hash and rejected_path.exists():
+    if is_reusable(task, out_dir):
         num_rows = pq.read_metadata(shard_path).num_rows
         return {
             "shard": task.name,
@@ -251,3 +287,49 @@ def finalize_shards(out_dir: Path, summaries: list[dict[str, Any]], extra: dict[
     }
     prune_unlisted(out_dir, "shard-*.parquet", keep)
     return content_hash
+
+
+def verify_image_shards(out_dir: Path) -> dict[str, Any]:
+    """Re-hash every image shard and sidecar against ``_manifest.json`` before they are used.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        FileNotFoundError: No manifest (the set is incomplete), or a listed file is missing.
+        ValueError: The manifest is unreadable or inconsistent, or a file's sha256 differs
+            from the manifest's (the message names the file).
+    """
+    from cxr.storage import combined_hash
+
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path} is missing: the image shard set is incomplete")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest["shards"]
+        pairs = [
+            (entry[name_key], entry[sha_key])
+            for entry in entries
+            for name_key, sha_key in (("path", "sha256"), ("rejected_path", "rejected_sha256"))
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"image shard manifest {manifest_path} is unreadable: {exc!r}") from exc
+    expected_hash = combined_hash([e["sha256"] + e["rejected_sha256"] for e in entries])
+    if manifest.get("content_hash") != expected_hash:
+        raise ValueError(
+            f"image shard manifest {manifest_path} is inconsistent: its content_hash does not "
+            "match the shard hashes it lists"
+        )
+    for name, expected in pairs:
+        path = out_dir / name
+        if not path.exists():
+            raise FileNotFoundError(f"image shard {path} listed in the manifest is missing")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ValueError(
+                f"image shard {path} is corrupt: sha256 {actual[:16]}... but the manifest says "
+                f"{expected[:16]}..."
+            )
+    return manifest

@@ -9,6 +9,7 @@ same bytes (and the same content hash) on every run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -23,20 +24,119 @@ import pyarrow.parquet as pq
 PARQUET_COMPRESSION = "zstd"
 
 
+TEMP_MARK = ".tmp-"
+"""Infix of in-flight temporary files: ``.<name>.tmp-<8 hex>``. Readers never list them."""
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+class StorageWriteError(OSError):
+    """An output could not be written; nothing was published under its final name.
+
+    Subclasses ``OSError`` (same ``errno``) so existing handlers keep working; the message names
+    the output path and says what went wrong in words.
+
+    Attributes:
+        path: The output (file or folder) that could not be written.
+    """
+
+    path: str = ""
+
+
+def _reason(exc: OSError) -> str:
+    code = exc.errno
+    if code in _FULL:
+        return (
+            f"the file system is full ({os.strerror(code)}); free space or point the storage "
+            "root elsewhere"
+        )
+    if code in _UNWRITABLE:
+        return (
+            f"the storage location is not writable ({os.strerror(code)}); check the permissions "
+            "of the storage root (CHEXMIX_STORAGE_ROOT) or whether it is mounted read-only"
+        )
+    return str(exc)
+
+
+def _write_failure(final: Path, tmp: Path, exc: OSError) -> bool:
+    """Whether ``exc`` (raised inside an atomic write) is a failure to write ``final``.
+
+    A read error of some INPUT file inside the block (a vanished source file, say) is not.
+    """
+    if exc.errno in _FULL or exc.errno == errno.EROFS:
+        return True  # reads cannot fail this way
+    names = {str(exc.filename or ""), str(getattr(exc, "filename2", "") or "")}
+    ours = {str(tmp), str(final), str(final.parent)}
+    return bool(names & ours) or str(tmp) in str(exc) or str(final) in str(exc)
+
+
+def storage_write_error(final: Path, exc: OSError) -> StorageWriteError:
+    """A ``StorageWriteError`` for ``final`` from the raw ``exc`` (chain it with ``from exc``)."""
+    err = StorageWriteError(exc.errno, f"could not write {final}: {_reason(exc)}")
+    err.path = str(final)
+    return err
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; rename it onto ``final`` if the block succeeds."""
+    """Yield a temporary path next to ``final``; rename it onto ``final`` if the block succeeds.
+
+    On any failure the temporary file is removed and ``final`` is left as it was (absent, or
+    the previous complete version). A failure to WRITE (disk full, quota, read-only or
+    unwritable storage) is re-raised as ``StorageWriteError`` naming ``final``.
+
+    Raises:
+        StorageWriteError: ``final`` or its temporary file could not be written.
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    ensure_dir(final.parent)
+    tmp = final.with_name(f".{final.name}{TEMP_MARK}{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, final)
+    except StorageWriteError:
+        raise
+    except OSError as exc:
+        if _write_failure(final, tmp, exc):
+            raise storage_write_error(final, exc) from exc
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):  # best effort: an unwritable folder keeps nothing
+            tmp.unlink(missing_ok=True)
+
+
+def ensure_dir(folder: Path) -> Path:
+    """Create ``folder`` (and parents) if needed; raise ``StorageWriteError`` if it cannot be.
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_write_error(folder, exc) from exc
+    return folder
+
+
+def ensure_writable_dir(folder: Path) -> Path:
+    """``ensure_dir``, then prove the folder takes a new file (a probe, removed at once).
+
+    Fails fast, before any work, on a read-only or permission-restricted storage root.
+
+    Raises:
+        StorageWriteError: The folder cannot be created or written.
+    """
+    folder = ensure_dir(folder)
+    probe = folder / f".write-probe{TEMP_MARK}{uuid.uuid4().hex[:8]}"
+    try:
+        probe.touch()
+    except OSError as exc:
+        raise storage_write_error(folder, exc) from exc
+    probe.unlink(missing_ok=True)
+    return folder
 
 
 def write_parquet(table: pa.Table, path: Path, row_group_size: int | None = None) -> str:
@@ -108,7 +208,19 @@ def parquet_input_hash(path: Path) -> str | None:
 
 
 def prune_unlisted(folder: Path, pattern: str, keep: set[str]) -> None:
-    """Delete files matching ``pattern`` in ``folder`` whose names a manifest does not list."""
-    for stale in Path(folder).glob(pattern):
+    """Delete files matching ``pattern`` in ``folder`` whose names a manifest does not list.
+
+    Also deletes temporary files of such names (``.<name>.tmp-*``) that a killed writer left
+    behind. Call it only after this run's own writes into ``folder`` have finished.
+    """
+    folder = Path(folder)
+    for stale in folder.glob(pattern):
         if stale.name not in keep:
-            stale.unlink()
+            stale.unlink(missing_ok=True)
+    for leftover in folder.glob(f".{pattern}{TEMP_MARK}*"):
+        leftover.unlink(missing_ok=True)
+
+
+def leftover_temp_files(folder: Path) -> list[Path]:
+    """Temporary files of interrupted atomic writes in ``folder`` (not recursive), sorted."""
+    return sorted(Path(folder).glob(f".*{TEMP_MARK}*"))

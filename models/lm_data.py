@@ -86,19 +86,25 @@ def shard_paths_from_manifest(tokens_dir: str | Path, verify: bool = False) -> l
         Absolute shard paths.
 
     Raises:
-        FileNotFoundError: No manifest (the set is incomplete).
+        FileNotFoundError: No manifest (the set is incomplete), or (``verify``) a listed shard
+            is missing.
+        ValueError: The manifest is unreadable, or (``verify``) a shard's sha256 differs from
+            the manifest's; the message names the file.
     """
     tokens_dir = Path(tokens_dir)
-    if verify:
-        from cxr.token_shards import verify_shard_set
+    path = tokens_dir / MANIFEST_NAME
+    try:
+        if verify:
+            from cxr.token_shards import verify_shard_set
 
-        manifest = verify_shard_set(tokens_dir)
-    else:
-        path = tokens_dir / MANIFEST_NAME
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: the token shard set is incomplete")
-        manifest = json.loads(path.read_text())
-    return [(tokens_dir / s["path"]).resolve() for s in manifest["shards"]]
+            manifest = verify_shard_set(tokens_dir)
+        else:
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: the token shard set is incomplete")
+            manifest = json.loads(path.read_text())
+        return [(tokens_dir / s["path"]).resolve() for s in manifest["shards"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"token shard manifest {path} is unreadable: {exc!r}") from exc
 
 
 @dataclass(frozen=True)

@@ -46,14 +46,27 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: No manifest (incomplete) or a listed file is missing.
-        ValueError: A file's content changed.
+        ValueError: The manifest is unreadable or inconsistent, or a file's content changed.
     """
     path = Path(path)
     manifest_path = path / CHECKPOINT_MANIFEST
     if not manifest_path.exists():
         raise FileNotFoundError(f"{path} has no {CHECKPOINT_MANIFEST}: not a complete checkpoint")
-    manifest = json.loads(manifest_path.read_text())
-    for name, expected in manifest["files"].items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = dict(manifest["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"checkpoint manifest {manifest_path} is unreadable: {exc!r}") from exc
+    listed = {  # publish_checkpoint hashes in path order; the JSON keeps keys in text order
+        combined_hash([f"{k}:{files[k]}" for k in order])
+        for order in (sorted(files), sorted(files, key=Path))
+    }
+    if "content_hash" in manifest and manifest["content_hash"] not in listed:
+        raise ValueError(
+            f"checkpoint manifest {manifest_path} is inconsistent: its content_hash does not "
+            "match the file hashes it lists"
+        )
+    for name, expected in files.items():
         file = path / name
         if not file.exists():
             raise FileNotFoundError(f"checkpoint file {file} listed in the manifest is missing")
@@ -64,6 +77,28 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
                 f"says {expected[:16]}..."
             )
     return manifest
+
+
+def verified_from_pointer(pointer: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint a ``latest.json`` pointer names, verified (``verify_checkpoint``).
+
+    Use it wherever a published checkpoint is consumed (stage 2 from stage 1, evaluation).
+
+    Returns:
+        The checkpoint folder and its manifest.
+
+    Raises:
+        FileNotFoundError: No pointer, or the checkpoint is incomplete or lacks a file.
+        ValueError: The pointer or the checkpoint is unreadable or corrupt.
+    """
+    pointer = Path(pointer)
+    if not pointer.exists():
+        raise FileNotFoundError(f"{pointer} is missing: no checkpoint has been published there")
+    try:
+        target = Path(json.loads(pointer.read_text())["path"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"checkpoint pointer {pointer} is unreadable: {exc!r}") from exc
+    return target, verify_checkpoint(target)
 
 
 def list_published(root: Path) -> list[Path]:
