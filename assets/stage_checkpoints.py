@@ -130,8 +130,10 @@ def train_stage(
     init_checkpoint = None
     inputs = ["token_shards", "vocabulary"]
     if stage == 2:
-        stage1 = json.loads(storage.path(*paths.STAGE1_POINTER).read_text())
-        init_checkpoint = stage1["path"]
+        from pipelines.checkpoints import verified_from_pointer
+
+        stage1_path, _ = verified_from_pointer(storage.path(*paths.STAGE1_POINTER))
+        init_checkpoint = str(stage1_path)
         inputs.append("stage1_checkpoint")
     train_config = _train_config(config, stage)
     loop_config: dict[str, Any] = {

@@ -10,10 +10,12 @@ from pydantic import Field
 
 from assets import paths
 from cxr.previews import markdown_table
+from cxr.storage import ensure_writable_dir
 from cxr.token_shards import (
     ShardTokenizer,
     TokenTask,
     finalize_token_shards,
+    invalidate_token_manifest,
     plan_token_shards,
 )
 from pipelines.lineage import content_hash_of, record_lineage
@@ -113,8 +115,7 @@ def token_shards(
         "vocabulary_sha256": content_hash_of("vocabulary", storage),
     }
     tokenizer_hash = "|".join(hashes[k] for k in sorted(hashes))
-    out_dir = storage.path(*paths.TOKENS_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_writable_dir(storage.path(*paths.TOKENS_DIR))
     plan_path = storage.path(*paths.TOKENS_PLAN)
     tasks = plan_token_shards(
         images_dir,
@@ -137,6 +138,7 @@ def token_shards(
         "batch_size": config.batch_size,
         "device": config.device,
     }
+    invalidate_token_manifest(out_dir, tasks)  # a killed re-run never leaves a mixed set listed
     summaries = run_token_tasks(tasks, kwargs, config, ray if config.use_ray else None)
     content_hash = finalize_token_shards(
         out_dir, summaries, {**hashes, "vocabulary": json.loads(vocab_json)}

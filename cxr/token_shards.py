@@ -274,6 +274,34 @@ def finalize_token_shards(
     return content_hash
 
 
+def invalidate_token_manifest(out_dir: Path, tasks: list[TokenTask]) -> bool:
+    """Delete ``_manifest.json`` before a run that will rewrite some token shard.
+
+    Shards are replaced one by one; a run killed half-way must not leave the old manifest
+    listing a mix of old and new files. A run that reuses every listed shard keeps it.
+
+    Returns:
+        True if a manifest was deleted.
+    """
+    import json
+
+    manifest_path = Path(out_dir) / MANIFEST_NAME
+    if not manifest_path.exists():
+        return False
+    try:
+        listed = {s["path"] for s in json.loads(manifest_path.read_text())["shards"]}
+    except (ValueError, KeyError, TypeError):
+        listed = None
+    planned = {f"{t.shard}.parquet" for t in tasks}
+    reusable = all(
+        parquet_input_hash(Path(out_dir) / f"{t.shard}.parquet") == t.input_hash for t in tasks
+    )
+    if listed == planned and reusable:
+        return False
+    manifest_path.unlink(missing_ok=True)
+    return True
+
+
 def verify_shard_set(out_dir: Path) -> dict[str, Any]:
     """Re-hash every shard against the manifest; raise naming the first corrupt or missing file."""
     import json
@@ -281,8 +309,12 @@ def verify_shard_set(out_dir: Path) -> dict[str, Any]:
     manifest_path = Path(out_dir) / MANIFEST_NAME
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path} is missing: the token shard set is incomplete")
-    manifest = json.loads(manifest_path.read_text())
-    for shard in manifest["shards"]:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        listed = manifest["shards"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"token shard manifest {manifest_path} is unreadable: {exc}") from exc
+    for shard in listed:
         path = Path(out_dir) / shard["path"]
         if not path.exists():
             raise FileNotFoundError(f"token shard {path} listed in the manifest is missing")
