@@ -188,9 +188,17 @@ def test_rerun_is_idempotent(trained, evaluated):
     instance, first = evaluated
     _, storage, res = trained
     key = first.run_requests[0].partition_key
-    before = results(storage, f"checkpoint_id = '{key}'")
-    evaluate(instance, res, key)
-    assert results(storage, f"checkpoint_id = '{key}'") == before
+    where = f"checkpoint_id = '{key}' AND task = 'findings'"
+    before = results(storage, where)
+    again = dg.materialize(
+        [EVAL_ASSETS[0]],
+        partition_key=key,
+        instance=instance,
+        resources=res,
+        run_config={"ops": {"findings_eval": RUN_CONFIG["ops"]["findings_eval"]}},
+    )
+    assert again.success
+    assert results(storage, where) == before
 
 
 def test_a_dropped_checkpoint_is_evaluated_by_the_sensor(trained, evaluated):
