@@ -398,11 +398,11 @@ def _loss_went_down(stage: int, storage: StorageResource) -> dg.AssetCheckResult
 
     import mlflow
 
-    from pipelines.resources import MLflowResource
+    from pipelines.resources import MLflowResource, use_tracking_uri
 
     pointer = paths.STAGE1_POINTER if stage == 1 else paths.STAGE2_POINTER
     run_id = json.loads(storage.path(*pointer).read_text())["mlflow_run_id"]
-    mlflow.set_tracking_uri(MLflowResource().resolved_uri(storage))
+    use_tracking_uri(MLflowResource().resolved_uri(storage))
     history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "loss")
     values = [m.value for m in sorted(history, key=lambda m: m.step)]
     if len(values) < 2:

@@ -180,9 +180,13 @@ def finish(
         "checkpoint_hash": ec.manifest["content_hash"],
         "code_version": code_version,
     }
-    if train_run and mlflow.get_run(train_run) is not None:
-        tags["mlflow.parentRunId"] = train_run
+    if train_run:
         tags["training_run_id"] = train_run
+        try:  # nest under the training run when it lives in this tracking store
+            mlflow.get_run(train_run)
+            tags["mlflow.parentRunId"] = train_run
+        except mlflow.exceptions.MlflowException:
+            context.log.warning(f"training run {train_run} is not in this MLflow store")
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"eval-{task}-{ec.key}", tags=tags
     ) as run:

@@ -136,6 +136,23 @@ class RayResource(dg.ConfigurableResource):
             )
 
 
+def use_tracking_uri(uri: str) -> None:
+    """Point MLflow at ``uri`` for this process WITHOUT exporting it.
+
+    ``mlflow.set_tracking_uri`` also writes ``$MLFLOW_TRACKING_URI``, which this resource reads
+    as the user's choice: a later run against another storage root in the same process (the
+    evaluate CLI, tests) would then log into the first root's store. The variable is restored.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking: a local sqlite store + artifact folder under the storage root by default."""
 
@@ -160,7 +177,7 @@ class MLflowResource(dg.ConfigurableResource):
         import mlflow
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        mlflow.set_tracking_uri(self.resolved_uri(storage))
+        use_tracking_uri(self.resolved_uri(storage))
         experiment = mlflow.get_experiment_by_name(self.experiment)
         if experiment is not None:
             return experiment.experiment_id
