@@ -47,6 +47,12 @@ class ImageTokenizerConfig(dg.Config):
         description="Instead of training: import a Chameleon/CheXmix taming vqgan.ckpt from this "
         "local path (strict key check) with the chexmix preset (3 input channels)",
     )
+    pretrained_dir: str = Field(
+        default="",
+        description="Instead of training: load an existing tokenizer directory saved by "
+        "models.vq_tokenizer.save_checkpoint (e.g. another run's tokenizers/image); it is still "
+        "measured and recorded here. Empty = train one",
+    )
     real_check_dir: str = Field(
         default="auto",
         description="Folder of real CXR PNG/JPEG files for a PSNR check (not training data). "
@@ -118,6 +124,10 @@ def image_tokenizer(
             vq_config = config_from_preset("chexmix", in_channels=3)
             model: VQTokenizer = import_taming_checkpoint(config.taming_checkpoint, vq_config)
             history: list = []
+        elif config.pretrained_dir:
+            model = load_checkpoint(Path(config.pretrained_dir), config.device)
+            vq_config = model.config
+            history = []
         else:
             vq_config = config_from_preset(config.preset)
             torch.manual_seed(config.seed)  # the initial weights are part of the seeded run
@@ -225,7 +235,13 @@ def image_tokenizer(
     context.log.info(f"image tokenizer: {metrics}")
     return dg.MaterializeResult(
         metadata={
-            "preset": config.preset if not config.taming_checkpoint else "imported",
+            "preset": (
+                "imported"
+                if config.taming_checkpoint
+                else "pretrained"
+                if config.pretrained_dir
+                else config.preset
+            ),
             "codes_per_image": vq_config.codes_per_image,
             "codebook_size": vq_config.codebook_size,
             "num_val_images": len(val_images),

@@ -28,13 +28,11 @@ import datetime as dt
 import io
 import json
 import os
-import platform
 import pstats
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +55,7 @@ from pydicom.uid import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine_info as common_machine_info
 from cxr.pixels import PixelConfig, decode_dicom, decoder_name, plugin_order
 
 SHARED = Path("/work/shared/data/dicom")
@@ -261,21 +260,8 @@ def time_plugins(path: Path, reps: int) -> dict[str, float]:
 
 
 def machine_info() -> dict[str, Any]:
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average_start": os.getloadavg(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "python": sys.version.split()[0],
-        "versions": versions,
-    }
+    """CPU count, load, platform and decoder package versions."""
+    return common_machine_info(PACKAGES, load_key="load_average_start")
 
 
 def profile_uncompressed(path: Path, size: int, n: int = 20) -> str:

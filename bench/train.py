@@ -63,14 +63,12 @@ import gc
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import tempfile
 import threading
 import time
 import uuid
-from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -79,6 +77,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from bench.common import machine_info as common_machine_info
 from cxr.token_shards import LABEL_COLUMNS, token_schema
 from models.early_fusion import (
     LMConfig,
@@ -468,24 +467,15 @@ def run_ray(
 
 def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
     """CPU/GPU, load, threads and versions."""
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average_before": os.getloadavg(),
-        "torch_num_threads_requested": threads,
-        "torch_num_threads_default": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "python": sys.version.split()[0],
-        "versions": versions,
-    }
+    info = common_machine_info(
+        PACKAGES,
+        load_key="load_average_before",
+        extra={
+            "torch_num_threads_requested": threads,
+            "torch_num_threads_default": torch.get_num_threads(),
+            "torch_num_interop_threads": torch.get_num_interop_threads(),
+        },
+    )
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_count"] = torch.cuda.device_count()

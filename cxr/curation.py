@@ -5,11 +5,14 @@ Both builders stream the studies table in batches and write one Parquet file ato
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import tempfile
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -167,6 +170,40 @@ def reference_agreement(labeler: CheXpertLabeler, rules_dir: Path) -> dict[str, 
     return {"reports": len(rows), "reports_exact": exact, "values": values, "values_equal": matched}
 
 
+class _ParquetLabelRows(Sequence[dict[str, float | None]]):
+    """Label dicts (observation -> value) read lazily, in file order, from Parquet columns.
+
+    ``agreement`` iterates its inputs once per observation; streaming them keeps memory at one
+    batch instead of every study's labels.
+    """
+
+    def __init__(self, path: Path, prefix: str) -> None:
+        self.path, self.prefix = Path(path), prefix
+        self.columns = [prefix + column_name(o) for o in OBSERVATIONS]
+        self.length = pq.ParquetFile(self.path).metadata.num_rows
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[dict[str, float | None]]:
+        for batch in pq.ParquetFile(self.path).iter_batches(BATCH_ROWS, columns=self.columns):
+            yield from batch.rename_columns(list(OBSERVATIONS)).to_pylist()
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, float | None]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, float | None]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return list(itertools.islice(self, *index.indices(self.length)))
+        position = index + self.length if index < 0 else index
+        if not 0 <= position < self.length:
+            raise IndexError(f"row {index} of {self.length}")
+        return next(itertools.islice(self, position, None))
+
+
 def ground_truth_agreement(
     labels_path: Path, truth_csv: Path, hash_study: Any
 ) -> list[dict[str, Any]]:
@@ -174,22 +211,60 @@ def ground_truth_agreement(
 
     The CSV has ``study_id`` (raw, as in the archive's paths) and the 14 observations with
     CheXpert values (1.0 / 0.0 / -1.0 / empty); ids are pseudonymised with ``hash_study`` to join.
+    A study listed twice in the CSV counts with its last row. Memory stays bounded: the CSV is
+    streamed into a temporary Parquet file, DuckDB joins it to the labels (spilling to disk past
+    128 MB) and ``agreement`` (sums over pairs, so row order is free) reads the joined rows
+    lazily, one batch at a time.
     """
     import csv
 
+    import duckdb
+
     from cxr.label_eval import agreement
 
-    truth: dict[str, dict[str, float | None]] = {}
-    with Path(truth_csv).open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            raw = row["study_id"].strip().lstrip("s")
-            truth[hash_study(raw)] = {o: _csv_label(row[o]) for o in OBSERVATIONS}
-    preds, refs = [], []
-    table = pq.read_table(labels_path, columns=["study_id", *map(column_name, OBSERVATIONS)])
-    for row in table.to_pylist():
-        if row["study_id"] in truth:
-            preds.append({o: row[column_name(o)] for o in OBSERVATIONS})
-            refs.append(truth[row["study_id"]])
-    if not preds:
-        raise ValueError(f"no study of {labels_path} appears in {truth_csv}")
-    return agreement(preds, refs)
+    columns = [column_name(o) for o in OBSERVATIONS]
+    named = list(zip(OBSERVATIONS, columns, strict=True))
+    truth_schema = pa.schema(
+        [("study_id", pa.string()), ("csv_row", pa.int64())] + [(c, pa.float64()) for c in columns]
+    )
+    with tempfile.TemporaryDirectory(prefix="chexmix-truth-") as tmp_dir:
+        truth_path, joined_path = Path(tmp_dir) / "truth.parquet", Path(tmp_dir) / "joined.parquet"
+        with (
+            Path(truth_csv).open(newline="", encoding="utf-8") as handle,
+            pq.ParquetWriter(truth_path, truth_schema) as writer,
+        ):
+            rows: list[dict[str, Any]] = []
+            for number, row in enumerate(csv.DictReader(handle)):
+                raw = row["study_id"].strip().lstrip("s")
+                rows.append(
+                    {
+                        "study_id": hash_study(raw),
+                        "csv_row": number,
+                        **{column: _csv_label(row[o]) for o, column in named},
+                    }
+                )
+                if len(rows) >= BATCH_ROWS:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=truth_schema))
+                    rows = []
+            writer.write_table(pa.Table.from_pylist(rows, schema=truth_schema))
+        selected = ", ".join(f'l."{c}" AS "pred_{c}", t."{c}" AS "truth_{c}"' for c in columns)
+        con = duckdb.connect()
+        con.execute("SET threads = 2")
+        con.execute("SET memory_limit = '128MB'")  # DuckDB spills the join instead of growing
+        con.execute("SET preserve_insertion_order = false")  # agreement is order-free
+        con.execute(f"SET temp_directory = '{Path(tmp_dir) / 'duckdb'}'")
+        con.execute(
+            f"""COPY (
+                SELECT {selected}
+                FROM read_parquet('{labels_path}') l
+                JOIN (SELECT * FROM read_parquet('{truth_path}')
+                      QUALIFY row_number() OVER (PARTITION BY study_id ORDER BY csv_row DESC) = 1
+                     ) t USING (study_id)
+            ) TO '{joined_path}' (FORMAT parquet, ROW_GROUP_SIZE {BATCH_ROWS})"""
+        )
+        con.close()
+        preds = _ParquetLabelRows(joined_path, "pred_")
+        refs = _ParquetLabelRows(joined_path, "truth_")
+        if not len(preds):
+            raise ValueError(f"no study of {labels_path} appears in {truth_csv}")
+        return agreement(preds, refs)

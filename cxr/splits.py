@@ -133,7 +133,6 @@ def build_split_manifest(
         ]
     )
     counts: dict[str, int] = {f"{kind}/{s}": 0 for kind in ("studies", "patients") for s in SPLITS}
-    seen_patients: set[str] = set()
     with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
         for batch in reader:
             rows = batch.to_pylist()
@@ -144,9 +143,15 @@ def build_split_manifest(
                 else:
                     row["split"], row["split_source"] = hash_split(patient, salt, ratios), "hash"
                 counts[f"studies/{row['split']}"] += 1
-                if patient not in seen_patients:
-                    seen_patients.add(patient)
-                    counts[f"patients/{row['split']}"] += 1
             out.write_table(pa.Table.from_pylist(rows, schema=schema))
+    # A patient's split is a function of the patient, so patients per split = distinct patients
+    # per split, counted by DuckDB from the file (no Python set of every patient id).
+    patients = con.execute(
+        f"""SELECT split, count(DISTINCT patient_id)
+                          + (count(*) FILTER (WHERE patient_id IS NULL) > 0)::INTEGER
+            FROM read_parquet('{out_path}') GROUP BY split"""
+    ).fetchall()
+    for split, num_patients in patients:
+        counts[f"patients/{split}"] = num_patients
     con.close()
     return counts
