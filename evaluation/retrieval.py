@@ -157,14 +157,16 @@ def run_retrieval(
     scores = conditional - prior
     study_index = np.array([studies.index(s) for s in test.study_ids])
     # image -> text: rank of the image's own study report among all reports (0 = top)
+    # ties count against the query (identical truncated reports must not inflate recall)
     own = scores[np.arange(len(test)), study_index]
-    i2t_ranks = (scores > own[:, None]).sum(axis=1)
+    i2t_ranks = (scores > own[:, None]).sum(axis=1) + (scores == own[:, None]).sum(axis=1) - 1
     # text -> image: rank of the best image of the report's study among all images
     t2i_ranks = np.empty(len(studies), dtype=np.int64)
     for j in range(len(studies)):
         column = scores[:, j]
         best_own = column[study_index == j].max()
-        t2i_ranks[j] = int((column > best_own).sum())
+        others = column[study_index != j]
+        t2i_ranks[j] = int((others > best_own).sum() + (others == best_own).sum())
     report_patients = [test.patient_ids[first_row[s]] for s in studies]
     rows: list[MetricRow] = []
     for direction, ranks, groups in (

@@ -241,3 +241,25 @@ def test_auroc_equals_sklearn_with_ties():
         if y.any() and not y.all():
             assert auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert np.isnan(auroc(np.zeros(5), np.arange(5)))
+
+
+def test_retrieval_ties_count_against_the_query(vocab):
+    """A model that scores every pair the same retrieves nothing at k=1 (ties are misses)."""
+
+    class Constant(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.config = type("C", (), {"max_position_embeddings": 64})()
+
+        def forward(self, input_ids, past_key_values=None, **_):
+            from transformers import DynamicCache
+
+            logits = torch.zeros(*input_ids.shape, vocab.size) + self.weight
+            return type("O", (), {"logits": logits, "past_key_values": DynamicCache()})()
+
+    rows = make_rows(6, 9)
+    result = run_retrieval(Constant(), vocab, rows, RetrievalConfig(ks=(1,), n_boot=0))
+    values = {(r.method, r.metric): r.value for r in result.rows}
+    assert values[("model", "i2t_recall@1")] == 0.0
+    assert values[("model", "t2i_recall@1")] == 0.0
