@@ -19,6 +19,7 @@ from pydantic import Field
 
 from assets import paths
 from cxr.previews import markdown_image, markdown_table
+from evaluation import DEFAULT_LAYER
 from evaluation.results import EvalRunInfo, MetricRow, rows_frame, upsert_results
 from pipelines.lineage import content_hash_of, record_lineage
 from pipelines.partitions import checkpoints_partitions
@@ -46,7 +47,7 @@ class FindingsEvalConfig(EvalConfig):
     """Findings AUROC under image-token masking."""
 
     layer: float = Field(
-        default=0.35,
+        default=DEFAULT_LAYER,
         description="Hidden-state layer: an index >= 1, or a depth fraction in (0, 1) "
         "(CheXmix: early-middle, 7-12 of 32)",
     )
@@ -442,7 +443,7 @@ def report_generation_eval(
         def decode(ids: list[int]) -> str:
             return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-        layer = resolve_layer(0.35, ec.model.config.num_hidden_layers)
+        layer = resolve_layer(DEFAULT_LAYER, ec.model.config.num_hidden_layers)
         train_x = hidden_state_features(
             ec.model, train.codes, None, ec.vocab, layer, config.batch_size
         )

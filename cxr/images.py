@@ -30,6 +30,7 @@ from cxr.errors import ImageRejected
 from cxr.manifest import scrub_paths
 from cxr.storage import (
     atomic_path,
+    drop_stale_manifest,
     file_sha256,
     parquet_input_hash,
     prune_unlisted,
@@ -149,18 +150,9 @@ def invalidate_manifest(out_dir: Path, tasks: list[ShardTask]) -> bool:
     Returns:
         True if a manifest was deleted.
     """
-    manifest_path = Path(out_dir) / MANIFEST_NAME
-    if not manifest_path.exists():
-        return False
-    try:
-        listed = {s["path"] for s in json.loads(manifest_path.read_text())["shards"]}
-    except (ValueError, KeyError, TypeError):
-        listed = None  # unreadable: rewrite it
     planned = {f"{t.name}.parquet" for t in tasks}
-    if listed == planned and all(is_reusable(t, out_dir) for t in tasks):
-        return False
-    manifest_path.unlink(missing_ok=True)
-    return True
+    reusable = all(is_reusable(t, out_dir) for t in tasks)
+    return drop_stale_manifest(Path(out_dir) / MANIFEST_NAME, planned, reusable)
 
 
 def process_shard(

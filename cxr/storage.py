@@ -207,6 +207,30 @@ def parquet_input_hash(path: Path) -> str | None:
     return value.decode() if value else None
 
 
+def drop_stale_manifest(manifest_path: Path, planned: set[str], all_reusable: bool) -> bool:
+    """Delete a shard set's manifest before a run that will rewrite any of its shards.
+
+    Shards are replaced one by one; if the old manifest stayed while they were, a run killed
+    half-way would leave a manifest listing a mix of old and new files. The manifest is kept only
+    when it lists exactly ``planned`` and every planned shard will be reused. An unreadable
+    manifest is always dropped.
+
+    Returns:
+        True if a manifest was deleted.
+    """
+    manifest_path = Path(manifest_path)
+    if not manifest_path.exists():
+        return False
+    try:
+        listed = {s["path"] for s in json.loads(manifest_path.read_text())["shards"]}
+    except (ValueError, KeyError, TypeError):
+        listed = None
+    if listed == planned and all_reusable:
+        return False
+    manifest_path.unlink(missing_ok=True)
+    return True
+
+
 def prune_unlisted(folder: Path, pattern: str, keep: set[str]) -> None:
     """Delete files matching ``pattern`` in ``folder`` whose names a manifest does not list.
 

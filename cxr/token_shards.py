@@ -26,6 +26,7 @@ from cxr.curation import column_name
 from cxr.labeler import OBSERVATIONS
 from cxr.storage import (
     atomic_path,
+    drop_stale_manifest,
     file_sha256,
     parquet_input_hash,
     prune_unlisted,
@@ -277,29 +278,16 @@ def finalize_token_shards(
 def invalidate_token_manifest(out_dir: Path, tasks: list[TokenTask]) -> bool:
     """Delete ``_manifest.json`` before a run that will rewrite some token shard.
 
-    Shards are replaced one by one; a run killed half-way must not leave the old manifest
-    listing a mix of old and new files. A run that reuses every listed shard keeps it.
+    See ``cxr.storage.drop_stale_manifest``; a run that reuses every listed shard keeps it.
 
     Returns:
         True if a manifest was deleted.
     """
-    import json
-
-    manifest_path = Path(out_dir) / MANIFEST_NAME
-    if not manifest_path.exists():
-        return False
-    try:
-        listed = {s["path"] for s in json.loads(manifest_path.read_text())["shards"]}
-    except (ValueError, KeyError, TypeError):
-        listed = None
     planned = {f"{t.shard}.parquet" for t in tasks}
     reusable = all(
         parquet_input_hash(Path(out_dir) / f"{t.shard}.parquet") == t.input_hash for t in tasks
     )
-    if listed == planned and reusable:
-        return False
-    manifest_path.unlink(missing_ok=True)
-    return True
+    return drop_stale_manifest(Path(out_dir) / MANIFEST_NAME, planned, reusable)
 
 
 def verify_shard_set(out_dir: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import polars as pl
 from torch import nn
 
 from cxr.labeler import OBSERVATIONS
+from evaluation import DEFAULT_LAYER
 from evaluation.data import EvalRows, mask_positions
 from evaluation.features import code_histograms, hidden_state_features
 from evaluation.results import MetricRow
@@ -41,7 +42,7 @@ class FindingsConfig:
         seed: Masking and bootstrap seed.
     """
 
-    layer: int | float = 0.35
+    layer: int | float = DEFAULT_LAYER
     mask_ratios: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8)
     probe_c: float = 0.5
     min_test_positives: int = 3

@@ -18,19 +18,8 @@ import sys
 import dagster as dg
 
 from pipelines.checkpoint_registry import discover, register
-from pipelines.partitions import checkpoints_partitions
+from pipelines.partitions import checkpoints_partitions, evaluated_partitions
 from pipelines.resources import StorageResource
-
-
-def evaluated_keys(instance: dg.DagsterInstance) -> set[str]:
-    """Partitions whose four evaluation assets have all been materialized."""
-    from assets.evaluation import EVAL_ASSETS
-
-    done: set[str] | None = None
-    for asset in EVAL_ASSETS:
-        keys = set(instance.get_materialized_partitions(asset.key))
-        done = keys if done is None else done & keys
-    return done or set()
 
 
 def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
@@ -80,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     root = StorageResource().root_path
     instance = dg.DagsterInstance.get()
     if args.command == "list":
-        done = evaluated_keys(instance)
+        done = evaluated_partitions(instance)
         for ref in discover(root):
             mark = "evaluated" if ref.key in done else "pending"
             sys.stdout.write(f"{ref.key}\t{ref.origin}\t{mark}\t{ref.path}\n")
@@ -96,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: unknown checkpoint key(s) {unknown}; see `list`\n")
         return 2
     if args.only_new:
-        done = evaluated_keys(instance)
+        done = evaluated_partitions(instance)
         keys = [k for k in keys if k not in done]
     if not keys:
         sys.stdout.write("nothing to evaluate\n")

@@ -12,13 +12,8 @@ import json
 import dagster as dg
 
 from pipelines.jobs import evaluation_job, leaderboard_job
-from pipelines.partitions import checkpoints_partitions
+from pipelines.partitions import checkpoints_partitions, evaluated_partitions
 from pipelines.resources import StorageResource
-
-EVAL_ASSET_KEYS = [
-    dg.AssetKey(name)
-    for name in ("findings_eval", "inpainting_eval", "report_generation_eval", "retrieval_eval")
-]
 
 
 @dg.sensor(
@@ -42,9 +37,7 @@ def checkpoint_sensor(
     # before the daemon started) is not evaluated again until its files change
     unseen = {r.key for r in refs if r.key not in seen and r.key in existing}
     if unseen:
-        done = set.intersection(
-            *(set(context.instance.get_materialized_partitions(key)) for key in EVAL_ASSET_KEYS)
-        )
+        done = evaluated_partitions(context.instance)
         seen.update({r.key: r.fingerprint for r in refs if r.key in unseen & done})
     requests = [
         dg.RunRequest(
