@@ -6,6 +6,7 @@ distributed run reads only the images whose id hashes to its rank.
 
 from __future__ import annotations
 
+import glob
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,11 @@ def split_images(
 ) -> Iterator[np.ndarray]:
     """Yield (H, W) uint8 images of one split, in a seeded order, for one worker.
 
+    The order is shard by shard: never a sort over the whole split, so memory is one shard's pixels
+    whatever the archive size. Image shards hold consecutive image ids, so ``seed=0`` (shards in
+    name order, each sorted by id) is the global image-id order; any other seed shuffles the shard
+    order and the images inside each shard (``train_batches`` mixes across shards with its buffer).
+
     Args:
         images_glob: Glob of the image shards.
         splits_path: The split manifest.
@@ -34,19 +40,40 @@ def split_images(
         rank: This worker's rank; it reads images whose id hashes to it.
         world_size: Number of workers.
     """
+    shards = sorted(glob.glob(images_glob))
+    if seed:
+        random.Random(seed).shuffle(shards)
+    order = f"hash(i.image_id || '{int(seed)}')" if seed else "i.image_id"
+    shard_filter = ""
+    if world_size > 1:
+        shard_filter = f"AND hash(i.image_id) % {int(world_size)} = {int(rank)}"
     con = duckdb.connect()
-    order = f"hash(image_id || '{int(seed)}')" if seed else "image_id"
-    limit_sql = f"LIMIT {int(limit)}" if limit else ""
-    shard_filter = f"AND hash(image_id) % {int(world_size)} = {int(rank)}" if world_size > 1 else ""
-    reader = con.sql(
-        f"""SELECT i.pixels, i.height, i.width FROM read_parquet('{images_glob}') i
-            JOIN read_parquet('{splits_path}') s USING (study_id)
-            WHERE s.split = '{split}' {shard_filter} ORDER BY {order} {limit_sql}"""
-    ).to_arrow_reader(256)
-    for batch in reader:
-        for row in batch.to_pylist():
-            yield np.frombuffer(row["pixels"], dtype=np.uint8).reshape(row["height"], row["width"])
-    con.close()
+    try:
+        con.execute(
+            "CREATE TEMP TABLE split_studies AS "
+            "SELECT study_id FROM read_parquet(?) WHERE split = ?",
+            [str(splits_path), split],
+        )
+        left = limit if limit else None
+        for shard in shards:
+            limit_sql = f"LIMIT {int(left)}" if left is not None else ""
+            reader = con.sql(
+                f"""SELECT i.pixels, i.height, i.width FROM read_parquet(?) i
+                    SEMI JOIN split_studies s ON i.study_id = s.study_id
+                    WHERE true {shard_filter} ORDER BY {order} {limit_sql}""",
+                params=[shard],
+            ).to_arrow_reader(256)
+            for batch in reader:
+                for row in batch.to_pylist():
+                    yield np.frombuffer(row["pixels"], dtype=np.uint8).reshape(
+                        row["height"], row["width"]
+                    )
+                    if left is not None:
+                        left -= 1
+            if left is not None and left <= 0:
+                return
+    finally:
+        con.close()
 
 
 def train_batches(
