@@ -136,6 +136,10 @@ class RayResource(dg.ConfigurableResource):
             )
 
 
+#: Tracking-URI schemes of a database store used without a tracking server.
+_DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql"})
+
+
 def use_tracking_uri(uri: str) -> None:
     """Point MLflow at ``uri`` for this process WITHOUT exporting it.
 
@@ -159,7 +163,8 @@ class MLflowResource(dg.ConfigurableResource):
     tracking_uri: str = Field(
         default="",
         description="Tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<storage>/mlflow/"
-        "mlflow.db with artifacts in <storage>/mlflow/artifacts",
+        "mlflow.db. With a database URI (sqlite, postgresql, ...) new experiments keep their "
+        "artifacts in <storage>/mlflow/artifacts; a tracking server (http[s]://) decides itself",
     )
     experiment: str = Field(default="chexmix", description="Experiment name")
 
@@ -182,7 +187,11 @@ class MLflowResource(dg.ConfigurableResource):
         if experiment is not None:
             return experiment.experiment_id
         artifacts = None
-        if not (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        uri = self.resolved_uri(storage)
+        if uri.split(":", 1)[0].split("+", 1)[0] in _DATABASE_SCHEMES:
+            # A database store without a server keeps artifacts in ./mlruns of whichever
+            # process logs first (the Dagster daemon's cwd, a notebook's): keep them with the
+            # rest of the outputs instead. A tracking server decides for itself.
             artifacts = storage.path("mlflow", "artifacts").as_uri()
         try:
             return mlflow.create_experiment(self.experiment, artifact_location=artifacts)

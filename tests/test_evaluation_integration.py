@@ -23,6 +23,7 @@ from pipelines.resources import (
     RayResource,
     SourceResource,
     StorageResource,
+    use_tracking_uri,
 )
 from pipelines.sensors import checkpoint_sensor
 
@@ -176,7 +177,7 @@ def test_evaluation_runs_are_nested_under_training_runs_in_mlflow(trained, evalu
     import mlflow
 
     _, storage, _ = trained
-    mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow' / 'mlflow.db'}")
+    use_tracking_uri(f"sqlite:///{storage / 'mlflow' / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     training = {r.info.run_id for r in runs if r.data.tags.get("stage")}
     evals = [r for r in runs if r.data.tags.get("task") in TASKS]

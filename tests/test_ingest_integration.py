@@ -22,6 +22,7 @@ from pipelines.resources import (
     RayResource,
     SourceResource,
     StorageResource,
+    use_tracking_uri,
 )
 
 pytestmark = pytest.mark.integration
@@ -378,7 +379,7 @@ def test_image_tokenizer_trains_on_two_ray_workers_with_synced_codebooks(first_r
     import mlflow
 
     run_id = metadata(result, "image_tokenizer")["mlflow_run_id"]
-    mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow' / 'mlflow.db'}")
+    use_tracking_uri(f"sqlite:///{storage / 'mlflow' / 'mlflow.db'}")
     logged = mlflow.get_run(run_id).data.metrics
     assert logged["world_size"] == 2 and logged["steps"] == 8
     assert logged["codebook_max_abs_diff_across_workers"] == 0.0
