@@ -24,6 +24,7 @@ for _var in (
     "CHEXMIX_STORAGE_ROOT",
     "CHEXMIX_ID_SALT",
     "RAY_ADDRESS",
+    "MLFLOW_TRACKING_URI",  # tests keep their MLflow store under their own storage root
 ):
     os.environ.pop(_var, None)
 
