@@ -251,6 +251,12 @@ def parse_green(judge_output: str) -> float | None:
     return matched / (matched + errors) if matched + errors else 0.0
 
 
+def _mean_of_parsed(scores: np.ndarray) -> float:
+    """Mean of the parsed GREEN scores (NaN = unparsed); NaN when none parsed."""
+    parsed = scores[~np.isnan(scores)]
+    return float(parsed.mean()) if parsed.size else float("nan")
+
+
 @torch.no_grad()
 def green_scores(
     judge_path: str, hypotheses: Sequence[str], references: Sequence[str], max_new_tokens: int
@@ -267,14 +273,20 @@ def green_scores(
     out: list[float | None] = []
     for hyp, ref in zip(hypotheses, references, strict=True):
         messages = [{"role": "user", "content": GREEN_PROMPT.format(reference=ref, candidate=hyp)}]
-        if tokenizer.chat_template:
-            ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt"
+        if tokenizer.chat_template:  # transformers 5 returns a BatchEncoding here
+            encoded = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
         else:
-            ids = tokenizer(messages[0]["content"], return_tensors="pt").input_ids
-        ids = ids.to(judge.device)
-        answer = judge.generate(ids, do_sample=False, max_new_tokens=max_new_tokens)
+            encoded = tokenizer(messages[0]["content"], return_tensors="pt")
+        ids = encoded["input_ids"].to(judge.device)
+        answer = judge.generate(
+            ids,
+            attention_mask=encoded["attention_mask"].to(judge.device),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
         out.append(
             parse_green(tokenizer.decode(answer[0, ids.shape[1] :], skip_special_tokens=True))
         )
@@ -347,26 +359,39 @@ def run_report_generation(
             green = green_scores(
                 config.green_model_path, hypotheses, references, config.green_max_new_tokens
             )
-            parsed = np.array([np.nan if g is None else g for g in green])
+            parsed = np.array([np.nan if g is None else g for g in green], dtype=float)
             unparsed = int(np.isnan(parsed).sum())
-            est = patient_bootstrap(
-                test.patient_ids,
-                lambda i, p=parsed: float(np.nanmean(p[i])),
-                config.n_boot,
-                config.seed,
-            )
-            rows.append(
-                MetricRow(
-                    TASK,
-                    method,
-                    "green",
-                    est.value,
-                    ci_low=est.ci_low,
-                    ci_high=est.ci_high,
-                    n=est.n - unparsed,
-                    status="ok" if not unparsed else f"ok ({unparsed} judge answers unparsed)",
+            if unparsed == len(parsed):  # never a NaN score labelled ok
+                rows.append(
+                    MetricRow(
+                        TASK,
+                        method,
+                        "green",
+                        None,
+                        n=0,
+                        status=f"failed: none of the {unparsed} judge answers followed the "
+                        "GREEN format (is green_model_path a GREEN judge?)",
+                    )
                 )
-            )
+            else:
+                est = patient_bootstrap(
+                    test.patient_ids,
+                    lambda i, p=parsed: _mean_of_parsed(p[i]),
+                    config.n_boot,
+                    config.seed,
+                )
+                rows.append(
+                    MetricRow(
+                        TASK,
+                        method,
+                        "green",
+                        est.value,
+                        ci_low=est.ci_low,
+                        ci_high=est.ci_high,
+                        n=est.n - unparsed,
+                        status="ok" if not unparsed else f"ok ({unparsed} judge answers unparsed)",
+                    )
+                )
         else:
             rows.append(
                 MetricRow(

@@ -18,6 +18,7 @@ from evaluation.report_generation import (
     ReportGenerationConfig,
     clinical_f1,
     generate_reports,
+    green_scores,
     parse_green,
     run_report_generation,
 )
@@ -184,6 +185,48 @@ def test_report_generation_scores_and_skips_green(model, vocab):
     methods = {r.method for r in result.rows}
     assert methods == {"model", "nearest_train_report_codes"}
     assert result.samples.height == 8
+
+
+@pytest.fixture(scope="module")
+def local_judge(tmp_path_factory) -> Path:
+    """A tiny causal LM on disk with a chat template, as a GREEN judge directory would be."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models.text_tokenizer import train_bpe
+
+    folder = tmp_path_factory.mktemp("judge")
+    tokenizer = train_bpe(["Heart size is normal. No pleural effusion."] * 20, vocab_size=300)
+    tokenizer.chat_template = (
+        "{% for m in messages %}[user] {{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_green_with_a_local_judge_reports_unparsed_answers_as_a_failure(model, vocab, local_judge):
+    """The judge path end to end: chat template, generation, parsing; nonsense is never a score."""
+    hypotheses, references = ["Normal heart.", "Effusion."], ["Heart size is normal.", "None."]
+    assert green_scores(str(local_judge), hypotheses, references, 6) == [None, None]
+    train, test = make_rows(10, 7), make_rows(4, 8)
+    cfg = ReportGenerationConfig(
+        max_new_tokens=4, n_boot=10, green_model_path=str(local_judge), green_max_new_tokens=4
+    )
+    result = run_report_generation(model, vocab, lambda ids: "w", train, test, None, None, cfg)
+    green = [r for r in result.rows if r.metric == "green"]
+    assert {r.method for r in green} == {"model", "nearest_train_report_codes"}
+    assert all(r.value is None and r.status.startswith("failed: none of the 4") for r in green)
 
 
 def test_clinical_f1_and_green_parser():
