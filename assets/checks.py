@@ -312,7 +312,7 @@ def token_shards_valid(storage: StorageResource) -> dg.AssetCheckResult:
     )
 
 
-def _stage_check(stage: int, storage: StorageResource) -> dg.AssetCheckResult:
+def _stage_check(asset: str, storage: StorageResource) -> dg.AssetCheckResult:
     import json
     import math
 
@@ -320,8 +320,7 @@ def _stage_check(stage: int, storage: StorageResource) -> dg.AssetCheckResult:
     from models.lm_train import evaluate_lm, load_lm_checkpoint
     from pipelines.checkpoints import verify_checkpoint
 
-    pointer = paths.STAGE1_POINTER if stage == 1 else paths.STAGE2_POINTER
-    target = json.loads(storage.path(*pointer).read_text())["path"]
+    target = json.loads(storage.path(*paths.TRAINING_POINTERS[asset]).read_text())["path"]
     try:
         manifest = verify_checkpoint(target)
     except (FileNotFoundError, ValueError) as exc:
@@ -367,7 +366,7 @@ def _stage_check(stage: int, storage: StorageResource) -> dg.AssetCheckResult:
 )
 def stage1_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
     """Reload stage 1 and recompute its validation loss."""
-    return _stage_check(1, storage)
+    return _stage_check("stage1_checkpoint", storage)
 
 
 @dg.asset_check(
@@ -377,22 +376,40 @@ def stage1_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
 )
 def stage2_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
     """Reload stage 2 and recompute its validation loss."""
-    return _stage_check(2, storage)
+    return _stage_check("stage2_checkpoint", storage)
 
 
 @dg.asset_check(asset="stage1_checkpoint", description="Training losses are finite and fell.")
 def stage1_loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
     """First vs last logged training loss of stage 1 (MLflow history)."""
-    return _loss_went_down(1, storage)
+    return _loss_went_down("stage1_checkpoint", storage)
 
 
 @dg.asset_check(asset="stage2_checkpoint", description="Training losses are finite and fell.")
 def stage2_loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
     """First vs last logged training loss of stage 2 (MLflow history)."""
-    return _loss_went_down(2, storage)
+    return _loss_went_down("stage2_checkpoint", storage)
 
 
-def _loss_went_down(stage: int, storage: StorageResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset="stage1_continued_checkpoint",
+    blocking=True,
+    description="The published checkpoint verifies, loads, and reproduces its logged val loss.",
+)
+def stage1_continued_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
+    """Reload the stage-1-continued control and recompute its validation loss."""
+    return _stage_check("stage1_continued_checkpoint", storage)
+
+
+@dg.asset_check(
+    asset="stage1_continued_checkpoint", description="Training losses are finite and fell."
+)
+def stage1_continued_loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
+    """First vs last logged training loss of the stage-1-continued control."""
+    return _loss_went_down("stage1_continued_checkpoint", storage)
+
+
+def _loss_went_down(asset: str, storage: StorageResource) -> dg.AssetCheckResult:
     import json
     import math
 
@@ -400,7 +417,7 @@ def _loss_went_down(stage: int, storage: StorageResource) -> dg.AssetCheckResult
 
     from pipelines.resources import MLflowResource, use_tracking_uri
 
-    pointer = paths.STAGE1_POINTER if stage == 1 else paths.STAGE2_POINTER
+    pointer = paths.TRAINING_POINTERS[asset]
     run_id = json.loads(storage.path(*pointer).read_text())["mlflow_run_id"]
     use_tracking_uri(MLflowResource().resolved_uri(storage))
     history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "loss")
@@ -530,5 +547,7 @@ ALL_CHECKS = [
     stage2_checkpoint_reloads,
     stage1_loss_went_down,
     stage2_loss_went_down,
+    stage1_continued_checkpoint_reloads,
+    stage1_continued_loss_went_down,
     privacy_audit,
 ]

@@ -288,7 +288,7 @@ _ASSET_KW = dict(
 
 
 @dg.asset(
-    deps=["token_shards", "vocabulary", "stage1_checkpoint", "stage2_checkpoint"],
+    deps=["token_shards", "vocabulary", *paths.TRAINING_POINTERS],
     description="Findings AUROC per CheXpert observation and macro, image tokens masked "
     "0-80%, linear probes on the checkpoint's hidden states vs a bag-of-codes baseline; "
     "patient-bootstrap 95% CIs.",
@@ -355,8 +355,7 @@ def findings_eval(
         "vocabulary",
         "image_tokenizer",
         "cxr_images",
-        "stage1_checkpoint",
-        "stage2_checkpoint",
+        *paths.TRAINING_POINTERS,
     ],
     description="One-pass inpainting of masked image tokens (random / block, 20-80%), decoded "
     "by the image tokenizer: PSNR/SSIM vs the original and vs the tokenizer's reconstruction; "
@@ -416,7 +415,7 @@ def inpainting_eval(
 
 
 @dg.asset(
-    deps=["token_shards", "vocabulary", "text_tokenizer", "stage1_checkpoint", "stage2_checkpoint"],
+    deps=["token_shards", "vocabulary", "text_tokenizer", *paths.TRAINING_POINTERS],
     description="Greedy report generation after the image prompt (KV cache, batched): BLEU-4, "
     "ROUGE-L, CheXpert-labeler clinical F1 (micro/macro), GREEN when a local judge is "
     "configured; nearest-TRAIN-report baselines.",
@@ -491,7 +490,7 @@ def report_generation_eval(
 
 
 @dg.asset(
-    deps=["token_shards", "vocabulary", "stage1_checkpoint", "stage2_checkpoint"],
+    deps=["token_shards", "vocabulary", *paths.TRAINING_POINTERS],
     description="Image <-> report retrieval over TEST: Recall@1/5/10 both ways, scored by "
     "log p(report | image) - log p(report | masked image) (PMI), hits counted by study.",
     **_ASSET_KW,

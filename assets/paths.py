@@ -20,3 +20,10 @@ TOKENS_DIR = ("tokens",)
 TOKENS_PLAN = ("private", "tokens_plan.parquet")
 STAGE1_POINTER = ("checkpoints", "stage1", "latest.json")
 STAGE2_POINTER = ("checkpoints", "stage2", "latest.json")
+STAGE1_CONTINUED_POINTER = ("checkpoints", "stage1-continued", "latest.json")
+#: The ``latest.json`` pointer each training asset writes (its folder names its checkpoints).
+TRAINING_POINTERS = {
+    "stage1_checkpoint": STAGE1_POINTER,
+    "stage2_checkpoint": STAGE2_POINTER,
+    "stage1_continued_checkpoint": STAGE1_CONTINUED_POINTER,
+}

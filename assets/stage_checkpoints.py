@@ -1,13 +1,18 @@
-"""``stage1_checkpoint`` and ``stage2_checkpoint``: the two CheXmix training stages on Ray Train.
+"""The CheXmix training stages on Ray Train, and the control arm that makes stage 2 comparable.
 
-Stage 1: next-token prediction over ``<|img|> codes <|/img|> <|endoftext|> report <|img|>``.
-Stage 2 (initialised from stage 1): masked image-language next-token prediction: per sample an
-image and a text mask ratio are drawn, those INPUT tokens become the mask id, attention stays
-causal, and the targets are the original next tokens.
+``stage1_checkpoint``: next-token prediction over
+``<|img|> codes <|/img|> <|endoftext|> report <|img|>``.
+``stage2_checkpoint`` (initialised from stage 1): masked image-language next-token prediction:
+per sample an image and a text mask ratio are drawn, those INPUT tokens become the mask id,
+attention stays causal, and the targets are the original next tokens.
+``stage1_continued_checkpoint`` (initialised from stage 1): stage 1's objective for as many more
+steps as stage 2 trains, so "stage 2 beats stage 1" can be told apart from "more steps help"
+(the CheXmix ablation's "stage 1 continued (equal steps)").
 """
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,25 @@ from pipelines.lineage import content_hash_of, record_lineage
 from pipelines.resources import MLflowResource, RayResource, StorageResource
 
 CHECKPOINTS_ROOT = ("checkpoints",)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training asset: its objective and what it starts from."""
+
+    asset: str
+    objective: int  # 1 = next-token prediction, 2 = masked image-language next-token prediction
+    init_asset: str | None = None  # the training asset whose published checkpoint it continues
+
+    @property
+    def folder(self) -> str:
+        """``checkpoints/<folder>/``: where it publishes (and the prefix of its partition keys)."""
+        return paths.TRAINING_POINTERS[self.asset][1]
+
+
+STAGE1 = Arm("stage1_checkpoint", 1)
+STAGE2 = Arm("stage2_checkpoint", 2, init_asset="stage1_checkpoint")
+STAGE1_CONTINUED = Arm("stage1_continued_checkpoint", 1, init_asset="stage1_checkpoint")
 
 
 class StageConfig(dg.Config):
@@ -109,12 +133,12 @@ def _loss_curve_png(history: list[dict[str, float]], title: str) -> bytes:
 def train_stage(
     context: dg.AssetExecutionContext,
     config: StageConfig,
-    stage: int,
+    arm: Arm,
     storage: StorageResource,
     mlflow_tracking: MLflowResource,
     ray: RayResource,
 ) -> dg.MaterializeResult:
-    """Run one stage, publish its final checkpoint, log everything; shared by both assets."""
+    """Run one arm, publish its final checkpoint, log everything; shared by the training assets."""
     import mlflow
 
     from models.lm_data import iter_eval_batches, shard_paths_from_manifest
@@ -129,13 +153,13 @@ def train_stage(
     run_tag = context.run.run_id[:8]
     init_checkpoint = None
     inputs = ["token_shards", "vocabulary"]
-    if stage == 2:
+    if arm.init_asset:
         from pipelines.checkpoints import verified_from_pointer
 
-        stage1_path, _ = verified_from_pointer(storage.path(*paths.STAGE1_POINTER))
-        init_checkpoint = str(stage1_path)
-        inputs.append("stage1_checkpoint")
-    train_config = _train_config(config, stage)
+        init_path, _ = verified_from_pointer(storage.path(*paths.TRAINING_POINTERS[arm.init_asset]))
+        init_checkpoint = str(init_path)
+        inputs.append(arm.init_asset)
+    train_config = _train_config(config, arm.objective)
     loop_config: dict[str, Any] = {
         "shard_paths": shard_paths,
         "vocab_path": str(vocab_path),
@@ -145,7 +169,7 @@ def train_stage(
     }
     if init_checkpoint:
         loop_config["init_checkpoint"] = init_checkpoint
-    if config.pretrained_path and stage == 1:
+    if config.pretrained_path and not arm.init_asset:
         loop_config["pretrained_path"] = config.pretrained_path
     hashes = {
         "token_shards_hash": token_manifest["content_hash"],
@@ -154,13 +178,14 @@ def train_stage(
         "vocabulary_sha256": content_hash_of("vocabulary", storage),
     }
     experiment_id = mlflow_tracking.experiment_id(storage)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"stage{stage}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=arm.folder) as run:
         from cxr.lineage import git_code_version
 
         mlflow.set_tags(
             {
                 "dagster_run_id": context.run.run_id,
-                "stage": str(stage),
+                "stage": str(arm.objective),
+                "arm": arm.folder,
                 "code_version": git_code_version(),
             }
         )
@@ -172,7 +197,7 @@ def train_stage(
             }
         )
         history, summary, final = _run(
-            context, config, loop_config, storage, ray, stage, run_tag, shard_paths, vocab
+            context, config, loop_config, storage, ray, arm.folder, run_tag, shard_paths, vocab
         )
         for row in history:
             mlflow.log_metrics(
@@ -195,16 +220,17 @@ def train_stage(
         mlflow.log_metrics(
             {f"val_{k}": float(v) for k, v in val.items() if isinstance(v, int | float)}
         )
-        curve = _loss_curve_png(history, f"stage {stage}") if history else b""
+        curve = _loss_curve_png(history, arm.folder) if history else b""
         if curve:
-            mlflow.log_image(_png_array(curve), f"stage{stage}_loss.png")
+            mlflow.log_image(_png_array(curve), f"{arm.folder}_loss.png")
         step = int(info["step"])
-        target = storage.path(*CHECKPOINTS_ROOT, f"stage{stage}", f"step_{step:06d}-{run_tag}")
+        target = storage.path(*CHECKPOINTS_ROOT, arm.folder, f"step_{step:06d}-{run_tag}")
         manifest = publish_checkpoint(
             Path(final),
             target,
             {
-                "stage": stage,
+                "stage": arm.objective,
+                "arm": arm.folder,
                 "step": step,
                 "lm_preset": config.lm_preset,
                 "val": {k: float(v) for k, v in val.items() if isinstance(v, int | float)},
@@ -218,7 +244,7 @@ def train_stage(
         )
         mlflow.set_tag("checkpoint_path", str(target))
         mlflow_run_id = run.info.run_id
-    pointer = storage.path(*(paths.STAGE1_POINTER if stage == 1 else paths.STAGE2_POINTER))
+    pointer = storage.path(*paths.TRAINING_POINTERS[arm.asset])
     from cxr.storage import write_json
 
     write_json(
@@ -269,7 +295,7 @@ def _run(
     loop_config: dict[str, Any],
     storage: StorageResource,
     ray: RayResource,
-    stage: int,
+    name: str,
     run_tag: str,
     shard_paths: list[str],
     vocab: Any,
@@ -284,7 +310,7 @@ def _run(
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
             storage_path=str(storage.path(*CHECKPOINTS_ROOT, "ray")),
-            run_name=f"stage{stage}-{context.run.run_id}",
+            run_name=f"{name}-{context.run.run_id}",
             max_failures=config.max_failures,
             placement_strategy=config.placement_strategy,
         )
@@ -316,7 +342,7 @@ def _run(
         split="train",
         seed=config.seed,
     )
-    checkpoint_dir = storage.path(*CHECKPOINTS_ROOT, "local", f"stage{stage}-{run_tag}")
+    checkpoint_dir = storage.path(*CHECKPOINTS_ROOT, "local", f"{name}-{run_tag}")
     result = train_lm(
         model,
         data,
@@ -361,7 +387,7 @@ def stage1_checkpoint(
     ray: RayResource,
 ) -> dg.MaterializeResult:
     """Train stage 1 and publish its final checkpoint."""
-    return train_stage(context, config, 1, storage, mlflow_tracking, ray)
+    return train_stage(context, config, STAGE1, storage, mlflow_tracking, ray)
 
 
 @dg.asset(
@@ -380,4 +406,24 @@ def stage2_checkpoint(
     ray: RayResource,
 ) -> dg.MaterializeResult:
     """Train stage 2 from the stage-1 checkpoint and publish its final checkpoint."""
-    return train_stage(context, config, 2, storage, mlflow_tracking, ray)
+    return train_stage(context, config, STAGE2, storage, mlflow_tracking, ray)
+
+
+@dg.asset(
+    group_name="training",
+    code_version="1",
+    deps=["stage1_checkpoint"],
+    kinds={"pytorch", "ray", "mlflow"},
+    description="Control arm: stage 1's plain next-token objective continued from the stage-1 "
+    "checkpoint for as many steps as stage 2 (keep `steps` equal to stage 2's), so evaluation "
+    "can tell the masked objective from extra training.",
+)
+def stage1_continued_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    storage: StorageResource,
+    mlflow_tracking: MLflowResource,
+    ray: RayResource,
+) -> dg.MaterializeResult:
+    """Continue stage 1 with its own objective and publish the final checkpoint."""
+    return train_stage(context, config, STAGE1_CONTINUED, storage, mlflow_tracking, ray)

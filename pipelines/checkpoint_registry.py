@@ -2,8 +2,9 @@
 
 Three places are scanned (cheaply: names, sizes and mtimes, never file contents):
 
-* ``<storage>/checkpoints/stage{1,2}/<name>/checkpoint.json``: published by the training assets;
-  key ``stage1-<name>``.
+* ``<storage>/checkpoints/stage<N>[-<arm>]/<name>/checkpoint.json``: published by the training
+  assets (``stage1``, ``stage2``, ``stage1-continued``); key ``<folder>-<name>``, e.g.
+  ``stage2-step_000150-1a2b3c4d``.
 * the external folder (``<storage>/checkpoints/external`` or ``$CHEXMIX_EXTERNAL_CHECKPOINTS``):
   every sub-folder holding a ``checkpoint.json`` or a complete ``train_lm`` checkpoint
   (``COMPLETE`` marker); key ``ext-<name>``.
@@ -98,7 +99,7 @@ def discover(storage_root: Path) -> list[CheckpointRef]:
         found[ref.key] = ref
 
     root = storage_root / "checkpoints"
-    for manifest in sorted(root.glob(f"stage[0-9]/*/{CHECKPOINT_MANIFEST}")):
+    for manifest in sorted(root.glob(f"stage[0-9]*/*/{CHECKPOINT_MANIFEST}")):
         folder = manifest.parent
         key = partition_key(folder.parent.name, folder.name)
         add(CheckpointRef(key, folder.resolve(), "published", fingerprint(folder)))

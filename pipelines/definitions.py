@@ -22,7 +22,11 @@ def defs() -> dg.Definitions:
     from assets.report_sections import report_sections
     from assets.source_manifest import source_manifest
     from assets.splits import splits
-    from assets.stage_checkpoints import stage1_checkpoint, stage2_checkpoint
+    from assets.stage_checkpoints import (
+        stage1_checkpoint,
+        stage1_continued_checkpoint,
+        stage2_checkpoint,
+    )
     from assets.studies import studies
     from assets.text_tokenizer import text_tokenizer
     from assets.token_shards import token_shards
@@ -46,6 +50,7 @@ def defs() -> dg.Definitions:
             token_shards,
             stage1_checkpoint,
             stage2_checkpoint,
+            stage1_continued_checkpoint,
             *EVAL_ASSETS,
             leaderboard,
         ],

@@ -37,8 +37,8 @@ def content_hash_of(asset_key: str, storage: StorageResource) -> str:
         from models.vq_tokenizer import checkpoint_sha256
 
         return checkpoint_sha256(storage.path(*paths.IMAGE_TOKENIZER_DIR))
-    if asset_key in ("stage1_checkpoint", "stage2_checkpoint"):
-        pointer = paths.STAGE1_POINTER if asset_key == "stage1_checkpoint" else paths.STAGE2_POINTER
+    if asset_key in paths.TRAINING_POINTERS:
+        pointer = paths.TRAINING_POINTERS[asset_key]
         return json.loads(storage.path(*pointer).read_text())["content_hash"]
     single_file = {
         "ingest_quarantine": paths.QUARANTINE,

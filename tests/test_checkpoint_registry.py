@@ -25,11 +25,20 @@ def test_discovers_each_origin_with_a_stable_key(tmp_path):
     publish_checkpoint(
         source, storage / "checkpoints" / "stage2" / "step_000003-abcd", {"stage": 2}
     )
+    publish_checkpoint(
+        source, storage / "checkpoints" / "stage1-continued" / "step_000003-ef01", {"stage": 1}
+    )
     fake_train_lm_checkpoint(storage / "checkpoints" / "external" / "my model")
     (storage / "checkpoints" / "external" / "half-written").mkdir()  # no marker: ignored
+    fake_train_lm_checkpoint(storage / "checkpoints" / "local" / "stage1-x" / "step_000002")
     register(storage, fake_train_lm_checkpoint(tmp_path / "elsewhere" / "ckpt"), "reg-x")
     refs = {r.key: r for r in discover(storage)}
-    assert set(refs) == {"stage2-step_000003-abcd", "ext-my_model", "reg-x"}
+    assert set(refs) == {
+        "stage2-step_000003-abcd",
+        "stage1-continued-step_000003-ef01",
+        "ext-my_model",
+        "reg-x",
+    }
     assert {r.origin for r in refs.values()} == {"published", "external", "registered"}
     before = refs["ext-my_model"].fingerprint
     (refs["ext-my_model"].path / "model" / "model.safetensors").write_bytes(b"changed!")

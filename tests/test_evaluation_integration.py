@@ -83,7 +83,10 @@ def trained(tmp_path_factory):
     result = dg.materialize(
         list(definitions.assets),
         resources=res,
-        selection=dg.AssetSelection.all() - dg.AssetSelection.groups("evaluation"),
+        # the stage-1-continued control arm is a third checkpoint to evaluate: not needed here
+        selection=dg.AssetSelection.all()
+        - dg.AssetSelection.groups("evaluation")
+        - dg.AssetSelection.assets("stage1_continued_checkpoint"),
         run_config={
             "ops": {
                 "cxr_images": {"config": {"use_ray": False, "image_size": 64}},

@@ -390,7 +390,7 @@ def test_two_stage_training_publishes_checked_checkpoints(first_run):
 
     storage, _ = first_run
     definitions = defs()
-    wanted = {"stage1_checkpoint", "stage2_checkpoint"}
+    wanted = {"stage1_checkpoint", "stage2_checkpoint", "stage1_continued_checkpoint"}
     assets = [a for a in definitions.assets if a.key.to_user_string() in wanted]
     checks = [
         c
@@ -413,7 +413,14 @@ def test_two_stage_training_publishes_checked_checkpoints(first_run):
             "ray": RayResource(num_cpus=2),
             "mlflow_tracking": MLflowResource(),
         },
-        run_config={"ops": {"stage1_checkpoint": stage, "stage2_checkpoint": stage}},
+        run_config={
+            "ops": {
+                "stage1_checkpoint": stage,
+                "stage2_checkpoint": stage,
+                # the control arm trains in-process: the same code path without a second Ray run
+                "stage1_continued_checkpoint": {"config": {**stage["config"], "use_ray": False}},
+            }
+        },
     )
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -422,16 +429,22 @@ def test_two_stage_training_publishes_checked_checkpoints(first_run):
         "stage2_checkpoint_reloads",
         "stage1_loss_went_down",
         "stage2_loss_went_down",
+        "stage1_continued_checkpoint_reloads",
+        "stage1_continued_loss_went_down",
     } <= set(evaluations)
     assert all(e.passed for e in evaluations.values()), {
         k: e.metadata for k, e in evaluations.items()
     }
-    published = list_published(storage / "checkpoints")
-    assert [p.parent.name for p in published] == ["stage1", "stage2"]
-    stage2 = verify_checkpoint(published[1])
-    assert stage2["init_checkpoint"] == str(published[0])
+    published = {p.parent.name: p for p in list_published(storage / "checkpoints")}
+    assert sorted(published) == ["stage1", "stage1-continued", "stage2"]
+    stage2 = verify_checkpoint(published["stage2"])
+    assert stage2["init_checkpoint"] == str(published["stage1"])
+    control = verify_checkpoint(published["stage1-continued"])
+    assert control["init_checkpoint"] == str(published["stage1"])
+    assert control["train_config"]["stage"] == 1 and control["arm"] == "stage1-continued"
+    assert control["step"] == stage2["step"]
     assert stage2["token_shards_hash"] == metadata(result, "stage2_checkpoint")["token_shards_hash"]
-    victim = next(p for p in published[1].rglob("*.safetensors"))
+    victim = next(p for p in published["stage2"].rglob("*.safetensors"))
     victim.write_bytes(victim.read_bytes()[:-10])
     with pytest.raises(ValueError, match="is corrupt"):
-        verify_checkpoint(published[1])
+        verify_checkpoint(published["stage2"])
