@@ -85,7 +85,8 @@ def audit(catalog_path: Path, row: dict[str, Any]) -> str:
         "CHECKPOINT",
         f"  {row['checkpoint_id']} at {run['checkpoint_path']}",
         f"  content hash {run['checkpoint_hash']}  origin {manifest.get('origin')}  "
-        f"stage {manifest.get('stage')}  step {manifest.get('step')}",
+        f"stage {manifest.get('stage')}  arm {manifest.get('arm', '-')}  "
+        f"step {manifest.get('step')}",
         f"  training: mlflow run {manifest.get('mlflow_run_id')}  dagster run "
         f"{manifest.get('dagster_run_id')}  code {manifest.get('code_version')}",
         f"  train config {json.dumps(manifest.get('train_config'), sort_keys=True)}",
