@@ -194,8 +194,8 @@ def read_results(catalog: Catalog, where: str = "TRUE", params: list[object] | N
     if "eval_results" not in tables:
         return pl.DataFrame()
     with catalog.reader() as con:
-        table = con.execute(
-            f"SELECT * FROM eval_results WHERE {where}", params or []
+        table = con.sql(
+            f"SELECT * FROM eval_results WHERE {where}", params=params or None
         ).to_arrow_table()
         return pl.from_arrow(table)
 
