@@ -359,54 +359,27 @@ def _stage_check(asset: str, storage: StorageResource) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset="stage1_checkpoint",
-    blocking=True,
-    description="The published checkpoint verifies, loads, and reproduces its logged val loss.",
-)
-def stage1_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
-    """Reload stage 1 and recompute its validation loss."""
-    return _stage_check("stage1_checkpoint", storage)
+def training_checks(asset: str) -> list[dg.AssetChecksDefinition]:
+    """The two checks of a training asset: ``<asset>_reloads`` and ``<arm>_loss_went_down``."""
 
+    @dg.asset_check(
+        asset=asset,
+        name=f"{asset}_reloads",
+        blocking=True,
+        description="The published checkpoint verifies, loads, and reproduces its logged val loss.",
+    )
+    def reloads(storage: StorageResource) -> dg.AssetCheckResult:
+        return _stage_check(asset, storage)
 
-@dg.asset_check(
-    asset="stage2_checkpoint",
-    blocking=True,
-    description="The published checkpoint verifies, loads, and reproduces its logged val loss.",
-)
-def stage2_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
-    """Reload stage 2 and recompute its validation loss."""
-    return _stage_check("stage2_checkpoint", storage)
+    @dg.asset_check(
+        asset=asset,
+        name=f"{asset.removesuffix('_checkpoint')}_loss_went_down",
+        description="Training losses (MLflow history) are finite and fell.",
+    )
+    def loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
+        return _loss_went_down(asset, storage)
 
-
-@dg.asset_check(asset="stage1_checkpoint", description="Training losses are finite and fell.")
-def stage1_loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
-    """First vs last logged training loss of stage 1 (MLflow history)."""
-    return _loss_went_down("stage1_checkpoint", storage)
-
-
-@dg.asset_check(asset="stage2_checkpoint", description="Training losses are finite and fell.")
-def stage2_loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
-    """First vs last logged training loss of stage 2 (MLflow history)."""
-    return _loss_went_down("stage2_checkpoint", storage)
-
-
-@dg.asset_check(
-    asset="stage1_continued_checkpoint",
-    blocking=True,
-    description="The published checkpoint verifies, loads, and reproduces its logged val loss.",
-)
-def stage1_continued_checkpoint_reloads(storage: StorageResource) -> dg.AssetCheckResult:
-    """Reload the stage-1-continued control and recompute its validation loss."""
-    return _stage_check("stage1_continued_checkpoint", storage)
-
-
-@dg.asset_check(
-    asset="stage1_continued_checkpoint", description="Training losses are finite and fell."
-)
-def stage1_continued_loss_went_down(storage: StorageResource) -> dg.AssetCheckResult:
-    """First vs last logged training loss of the stage-1-continued control."""
-    return _loss_went_down("stage1_continued_checkpoint", storage)
+    return [reloads, loss_went_down]
 
 
 def _loss_went_down(asset: str, storage: StorageResource) -> dg.AssetCheckResult:
@@ -543,11 +516,6 @@ ALL_CHECKS = [
     no_patient_in_two_splits,
     label_prevalence_per_split,
     token_shards_valid,
-    stage1_checkpoint_reloads,
-    stage2_checkpoint_reloads,
-    stage1_loss_went_down,
-    stage2_loss_went_down,
-    stage1_continued_checkpoint_reloads,
-    stage1_continued_loss_went_down,
+    *(check for asset in paths.TRAINING_POINTERS for check in training_checks(asset)),
     privacy_audit,
 ]

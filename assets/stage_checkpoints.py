@@ -371,59 +371,42 @@ def _png_array(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-@dg.asset(
-    group_name="training",
-    code_version="1",
-    deps=["token_shards", "vocabulary"],
-    kinds={"pytorch", "ray", "mlflow"},
-    description="Stage 1: plain next-token prediction over image codes and report tokens "
-    "(loss on both, per-modality weights, padding never in the loss), on Ray Train.",
+def training_asset(arm: Arm, description: str) -> dg.AssetsDefinition:
+    """The Dagster asset that trains ``arm`` (one per training arm, same resources and config)."""
+
+    @dg.asset(
+        name=arm.asset,
+        group_name="training",
+        code_version="1",
+        deps=[arm.init_asset] if arm.init_asset else ["token_shards", "vocabulary"],
+        kinds={"pytorch", "ray", "mlflow"},
+        description=description,
+    )
+    def train(
+        context: dg.AssetExecutionContext,
+        config: StageConfig,
+        storage: StorageResource,
+        mlflow_tracking: MLflowResource,
+        ray: RayResource,
+    ) -> dg.MaterializeResult:
+        return train_stage(context, config, arm, storage, mlflow_tracking, ray)
+
+    return train
+
+
+stage1_checkpoint = training_asset(
+    STAGE1,
+    "Stage 1: plain next-token prediction over image codes and report tokens (loss on both, "
+    "per-modality weights, padding never in the loss), on Ray Train.",
 )
-def stage1_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: StageConfig,
-    storage: StorageResource,
-    mlflow_tracking: MLflowResource,
-    ray: RayResource,
-) -> dg.MaterializeResult:
-    """Train stage 1 and publish its final checkpoint."""
-    return train_stage(context, config, STAGE1, storage, mlflow_tracking, ray)
-
-
-@dg.asset(
-    group_name="training",
-    code_version="1",
-    deps=["stage1_checkpoint"],
-    kinds={"pytorch", "ray", "mlflow"},
-    description="Stage 2 (from stage 1): masked image-language next-token prediction: random "
-    "image/text input tokens replaced by the mask id, targets the original next tokens.",
+stage2_checkpoint = training_asset(
+    STAGE2,
+    "Stage 2 (from stage 1): masked image-language next-token prediction: random image/text "
+    "input tokens replaced by the mask id, targets the original next tokens.",
 )
-def stage2_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: StageConfig,
-    storage: StorageResource,
-    mlflow_tracking: MLflowResource,
-    ray: RayResource,
-) -> dg.MaterializeResult:
-    """Train stage 2 from the stage-1 checkpoint and publish its final checkpoint."""
-    return train_stage(context, config, STAGE2, storage, mlflow_tracking, ray)
-
-
-@dg.asset(
-    group_name="training",
-    code_version="1",
-    deps=["stage1_checkpoint"],
-    kinds={"pytorch", "ray", "mlflow"},
-    description="Control arm: stage 1's plain next-token objective continued from the stage-1 "
-    "checkpoint for as many steps as stage 2 (keep `steps` equal to stage 2's), so evaluation "
-    "can tell the masked objective from extra training.",
+stage1_continued_checkpoint = training_asset(
+    STAGE1_CONTINUED,
+    "Control arm: stage 1's plain next-token objective continued from the stage-1 checkpoint "
+    "for as many steps as stage 2 (keep `steps` equal to stage 2's), so evaluation can tell the "
+    "masked objective from extra training.",
 )
-def stage1_continued_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: StageConfig,
-    storage: StorageResource,
-    mlflow_tracking: MLflowResource,
-    ray: RayResource,
-) -> dg.MaterializeResult:
-    """Continue stage 1 with its own objective and publish the final checkpoint."""
-    return train_stage(context, config, STAGE1_CONTINUED, storage, mlflow_tracking, ray)

@@ -251,6 +251,39 @@ def parse_green(judge_output: str) -> float | None:
     return matched / (matched + errors) if matched + errors else 0.0
 
 
+def _green_row(
+    method: str,
+    scores: Sequence[float | None],
+    patient_ids: Sequence[str],
+    config: ReportGenerationConfig,
+) -> MetricRow:
+    """The GREEN row of one method: skipped without a judge, failed if no answer parsed."""
+    if not config.green_model_path:
+        status = "skipped: no local GREEN judge model configured (green_model_path)"
+        return MetricRow(TASK, method, "green", None, n=0, status=status)
+    parsed = np.array([np.nan if g is None else g for g in scores], dtype=float)
+    unparsed = int(np.isnan(parsed).sum())
+    if unparsed == len(parsed):  # never a NaN score labelled ok
+        status = (
+            f"failed: none of the {unparsed} judge answers followed the GREEN format "
+            "(is green_model_path a GREEN judge?)"
+        )
+        return MetricRow(TASK, method, "green", None, n=0, status=status)
+    est = patient_bootstrap(
+        patient_ids, lambda i: _mean_of_parsed(parsed[i]), config.n_boot, config.seed
+    )
+    return MetricRow(
+        TASK,
+        method,
+        "green",
+        est.value,
+        ci_low=est.ci_low,
+        ci_high=est.ci_high,
+        n=est.n - unparsed,
+        status="ok" if not unparsed else f"ok ({unparsed} judge answers unparsed)",
+    )
+
+
 def _mean_of_parsed(scores: np.ndarray) -> float:
     """Mean of the parsed GREEN scores (NaN = unparsed); NaN when none parsed."""
     parsed = scores[~np.isnan(scores)]
@@ -359,50 +392,7 @@ def run_report_generation(
             green = green_scores(
                 config.green_model_path, hypotheses, references, config.green_max_new_tokens
             )
-            parsed = np.array([np.nan if g is None else g for g in green], dtype=float)
-            unparsed = int(np.isnan(parsed).sum())
-            if unparsed == len(parsed):  # never a NaN score labelled ok
-                rows.append(
-                    MetricRow(
-                        TASK,
-                        method,
-                        "green",
-                        None,
-                        n=0,
-                        status=f"failed: none of the {unparsed} judge answers followed the "
-                        "GREEN format (is green_model_path a GREEN judge?)",
-                    )
-                )
-            else:
-                est = patient_bootstrap(
-                    test.patient_ids,
-                    lambda i, p=parsed: _mean_of_parsed(p[i]),
-                    config.n_boot,
-                    config.seed,
-                )
-                rows.append(
-                    MetricRow(
-                        TASK,
-                        method,
-                        "green",
-                        est.value,
-                        ci_low=est.ci_low,
-                        ci_high=est.ci_high,
-                        n=est.n - unparsed,
-                        status="ok" if not unparsed else f"ok ({unparsed} judge answers unparsed)",
-                    )
-                )
-        else:
-            rows.append(
-                MetricRow(
-                    TASK,
-                    method,
-                    "green",
-                    None,
-                    n=0,
-                    status="skipped: no local GREEN judge model configured (green_model_path)",
-                )
-            )
+        rows.append(_green_row(method, green, test.patient_ids, config))
         frames.append(
             pl.DataFrame(
                 {

@@ -229,6 +229,18 @@ def test_green_with_a_local_judge_reports_unparsed_answers_as_a_failure(model, v
     assert all(r.value is None and r.status.startswith("failed: none of the 4") for r in green)
 
 
+def test_green_rows_score_only_parsed_answers():
+    from evaluation.report_generation import _green_row
+
+    cfg = ReportGenerationConfig(green_model_path="/judge", n_boot=50)
+    row = _green_row("model", [0.5, None, 1.0, 0.0], ["p1", "p1", "p2", "p3"], cfg)
+    assert row.value == pytest.approx(0.5) and row.n == 3
+    assert row.status == "ok (1 judge answers unparsed)"
+    assert row.ci_low <= row.value <= row.ci_high
+    skipped = _green_row("model", [None], ["p1"], ReportGenerationConfig())
+    assert skipped.value is None and skipped.status.startswith("skipped")
+
+
 def test_clinical_f1_and_green_parser():
     ref = np.array([[1, 0, 1], [0, 0, 1]], dtype=bool)
     pred = np.array([[1, 1, 0], [0, 0, 1]], dtype=bool)
