@@ -6,13 +6,14 @@ Nothing here is trained or tuned on the COVID images or notes. The script
    materializations, the ``images-csv`` source adapter with its defaults for the collection's
    ``metadata.csv``) into a fresh storage root under ``--work-dir``, reusing the demo's text
    and image tokenizers (``pretrained_dir``) and putting every patient in the TEST split;
-2. evaluates the demo's published stage-1 and stage-2 checkpoints and the baselines on those
-   TEST rows with the evaluation library: VQ reconstruction, one-pass inpainting (40%, random
-   and block) vs an image-blind fill (position-wise mode of the DEMO TRAIN codes), image <->
-   note retrieval (a hit counted per NOTE: a patient's images share one note, and the same note
-   text is one candidate; 95% intervals by patient bootstrap), report generation scored against
-   the clinical notes, and findings AUROC with probes fitted on the demo TRAIN features and
-   scored against CheXpert labels that our labeler reads from the notes;
+2. evaluates the demo's published stage-1 and stage-2 checkpoints (and the stage-1-continued
+   control when published) and the baselines on those TEST rows with the evaluation library: VQ
+   reconstruction, one-pass inpainting (40%, random and block) vs an image-blind fill (position-
+   wise mode of the DEMO TRAIN codes), image <-> note retrieval (a hit counted per NOTE: a
+   patient's images share one note, and the same note text is one candidate; 95% intervals by
+   patient bootstrap), report generation scored against the clinical notes, and findings AUROC
+   with probes fitted on the demo TRAIN features and scored against CheXpert labels that our
+   labeler reads from the notes;
 3. prints a table and writes ``<out>/real-covid-<date>.json`` (machine, args, timings, data
    counts, every metric row).
 
@@ -327,15 +328,21 @@ def patient_subset(rows: Any, max_images: int, salt: str = "retrieval") -> Any:
     return rows.subset(sorted(picked))
 
 
-def published_checkpoint(demo_storage: Path, stage: int) -> tuple[Path, dict[str, Any]]:
-    """The newest published checkpoint of a stage, re-hashed against its manifest."""
+#: Training arms evaluated when published (folders under ``checkpoints/``); stage 1 and 2 must be.
+ARMS = ("stage1", "stage2", "stage1-continued")
+
+
+def published_checkpoint(demo_storage: Path, arm: str) -> tuple[Path, dict[str, Any]] | None:
+    """The newest published checkpoint of an arm, re-hashed against its manifest."""
     from pipelines.checkpoints import verify_checkpoint
 
     folders = sorted(
-        p.parent for p in (demo_storage / "checkpoints" / f"stage{stage}").glob("*/checkpoint.json")
+        p.parent for p in (demo_storage / "checkpoints" / arm).glob("*/checkpoint.json")
     )
     if not folders:
-        raise SystemExit(f"no published stage-{stage} checkpoint under {demo_storage}")
+        if arm == "stage1-continued":  # the optional control arm
+            return None
+        raise SystemExit(f"no published {arm} checkpoint under {demo_storage}")
     manifests = [(verify_checkpoint(f), f) for f in folders]
     manifest, folder = max(manifests, key=lambda mf: (int(mf[0].get("step", 0)), str(mf[1])))
     return folder, manifest
@@ -487,9 +494,12 @@ def evaluate(
         "notes": len(set(retrieval_rows.study_ids)),
     }
     facts["checkpoints"] = {}
-    for stage in (1, 2):
-        folder, manifest = published_checkpoint(args.demo_storage, stage)
-        key = f"stage{stage}-{folder.name}"
+    for arm in ARMS:
+        found = published_checkpoint(args.demo_storage, arm)
+        if found is None:
+            continue
+        folder, manifest = found
+        key = f"{arm}-{folder.name}"
         check_contract(storage, manifest, vocab_path)
         model, info = load_lm_checkpoint(folder)
         if info["vocab"] != vocab:
@@ -502,7 +512,7 @@ def evaluate(
             "val_loss_demo": (manifest.get("val") or {}).get("loss"),
             "max_text_tokens": max_text_tokens,
         }
-        baselines = stage == 1  # baseline rows do not depend on the checkpoint: keep one copy
+        baselines = arm == "stage1"  # baseline rows do not depend on the checkpoint: keep one copy
 
         with timer(f"{key} inpainting"):
             result = run_inpainting(
