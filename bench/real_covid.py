@@ -8,12 +8,12 @@ Nothing here is trained or tuned on the COVID images or notes. The script
    and image tokenizers (``pretrained_dir``) and putting every patient in the TEST split;
 2. evaluates the demo's published stage-1 and stage-2 checkpoints (and the stage-1-continued
    control when published) and the baselines on those TEST rows with the evaluation library: VQ
-   reconstruction, one-pass inpainting (40%, random and block) vs an image-blind fill (position-
-   wise mode of the DEMO TRAIN codes), image <-> note retrieval (a hit counted per NOTE: a
-   patient's images share one note, and the same note text is one candidate; 95% intervals by
-   patient bootstrap), report generation scored against the clinical notes, and findings AUROC
-   with probes fitted on the demo TRAIN features and scored against CheXpert labels that our
-   labeler reads from the notes;
+   reconstruction, one-pass inpainting (40%, random and block) vs an image-blind fill
+   (position-wise mode of the DEMO TRAIN codes), image <-> note retrieval (a hit counted per
+   NOTE: a patient's images share one note, and the same note text is one candidate; 95%
+   intervals by patient bootstrap), report generation scored against the clinical notes, and
+   findings AUROC with probes fitted on the demo TRAIN features and scored against CheXpert
+   labels that our labeler reads from the notes;
 3. prints a table and writes ``<out>/real-covid-<date>.json`` (machine, args, timings, data
    counts, every metric row).
 
