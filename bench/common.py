@@ -18,6 +18,21 @@ from typing import Any
 
 import psutil
 
+#: The data assets up to the token shards, in materialization order (what the benchmarks run).
+DATA_ASSETS = [
+    "source_manifest",
+    "studies",
+    "cxr_images",
+    "ingest_quarantine",
+    "report_sections",
+    "finding_labels",
+    "splits",
+    "text_tokenizer",
+    "image_tokenizer",
+    "vocabulary",
+    "token_shards",
+]
+
 
 def package_versions(packages: list[str]) -> dict[str, str | None]:
     """Installed version of each distribution (None when it is not installed)."""

@@ -56,8 +56,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 
-from bench.common import load_average
+from bench.common import DATA_ASSETS, load_average
 from bench.common import machine_info as common_machine_info
+from evaluation import DEFAULT_LAYER
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COVID = REPO.parent / "shared" / "data" / "covid_chestxray"
@@ -77,7 +78,6 @@ PACKAGES = [
 PIPELINE_GROUPS = ("ingest", "curation", "tokenization")
 INPAINT_RATIO = 0.4
 FINDINGS_RATIOS = (0.0,)
-LAYER_FRACTION = 0.35  # the evaluation assets' default depth fraction
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,19 +239,7 @@ def run_pipeline(
         "token_shards": ("num_rows", "rows", "num_shards"),
     }
     metadata: dict[str, Any] = {}
-    for asset in (
-        "source_manifest",
-        "studies",
-        "cxr_images",
-        "ingest_quarantine",
-        "report_sections",
-        "finding_labels",
-        "splits",
-        "text_tokenizer",
-        "image_tokenizer",
-        "vocabulary",
-        "token_shards",
-    ):
+    for asset in DATA_ASSETS:
         events = result.asset_materializations_for_node(asset)
         values = {k: v.value for k, v in events[-1].metadata.items()} if events else {}
         wanted = keep.get(asset)
@@ -561,7 +549,7 @@ def evaluate(
                 )
 
         with timer(f"{key} report generation"):
-            layer = resolve_layer(LAYER_FRACTION, model.config.num_hidden_layers)
+            layer = resolve_layer(DEFAULT_LAYER, model.config.num_hidden_layers)
             train_x = hidden_state_features(model, train.codes, None, vocab, layer, args.batch_size)
             test_x = hidden_state_features(model, test.codes, None, vocab, layer, args.batch_size)
             result = run_report_generation(
@@ -596,7 +584,7 @@ def evaluate(
                 train,
                 test,
                 FindingsConfig(
-                    layer=LAYER_FRACTION,
+                    layer=DEFAULT_LAYER,
                     mask_ratios=FINDINGS_RATIOS,
                     n_boot=args.n_boot,
                     batch_size=args.batch_size,
@@ -734,7 +722,7 @@ def main() -> None:
         "settings": {
             "inpainting_mask_ratio": INPAINT_RATIO,
             "findings_mask_ratios": list(FINDINGS_RATIOS),
-            "feature_layer_fraction": LAYER_FRACTION,
+            "feature_layer_fraction": DEFAULT_LAYER,
             "image_blind_baseline": "position-wise mode of the demo TRAIN codes",
             "probes_fitted_on": "demo TRAIN features and labels",
         },

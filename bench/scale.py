@@ -61,22 +61,9 @@ from typing import Any
 
 import psutil
 
-from bench.common import ProcessTreeSampler, load_average, machine_info
+from bench.common import DATA_ASSETS, ProcessTreeSampler, load_average, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ASSETS = [
-    "source_manifest",
-    "studies",
-    "cxr_images",
-    "ingest_quarantine",
-    "report_sections",
-    "finding_labels",
-    "splits",
-    "text_tokenizer",
-    "image_tokenizer",
-    "vocabulary",
-    "token_shards",
-]
 PACKAGES = ["dagster", "ray", "duckdb", "pyarrow", "polars", "pydicom", "torch", "tokenizers"]
 PACKAGES.append("psutil")
 MB = 1024 * 1024

@@ -182,12 +182,12 @@ class MLflowResource(dg.ConfigurableResource):
         import mlflow
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        use_tracking_uri(self.resolved_uri(storage))
+        uri = self.resolved_uri(storage)
+        use_tracking_uri(uri)
         experiment = mlflow.get_experiment_by_name(self.experiment)
         if experiment is not None:
             return experiment.experiment_id
         artifacts = None
-        uri = self.resolved_uri(storage)
         if uri.split(":", 1)[0].split("+", 1)[0] in _DATABASE_SCHEMES:
             # A database store without a server keeps artifacts in ./mlruns of whichever
             # process logs first (the Dagster daemon's cwd, a notebook's): keep them with the
