@@ -29,40 +29,18 @@ import dagster as dg
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from pipeline_setup import local_resources, tiny_data_ops
 
 from cxr.storage import StorageWriteError, atomic_path, file_sha256, leftover_temp_files
 from cxr.synthetic import generate_archive
 from pipelines.definitions import defs
-from pipelines.resources import (
-    MLflowResource,
-    PrivacyResource,
-    RayResource,
-    SourceResource,
-    StorageResource,
-)
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 SALT = "drill-salt-0123456789abcdef"
 IMAGES_CONFIG = {"images_per_shard": 2, "image_size": 64}
-RUN_CONFIG = {
-    "ops": {
-        "cxr_images": {"config": {"use_ray": False, **IMAGES_CONFIG}},
-        "image_tokenizer": {
-            "config": {
-                "preset": "debug",
-                "steps": 2,
-                "batch_size": 4,
-                "real_check_dir": "",
-                "max_val_images": 4,
-            }
-        },
-        "text_tokenizer": {"config": {"vocab_size": 300}},
-        "finding_labels": {"config": {"openi_reports_dir": ""}},
-        "token_shards": {"config": {"use_ray": False}},
-    }
-}
+RUN_CONFIG = {"ops": tiny_data_ops(**IMAGES_CONFIG)}
 SHARDS = "shard-[0-9][0-9][0-9][0-9][0-9].parquet"  # what the catalog views read
 WRITE_DELAY_S = 1.0
 THROTTLE = '''"""Drill hook: sleep after a shard's temporary file is written (before the rename)."""
@@ -100,13 +78,7 @@ sys.exit(0 if result.success else 1)
 
 
 def resources(archive: Path, storage: Path) -> dict:
-    return {
-        "source": SourceResource(root=str(archive), layout="mimic-cxr"),
-        "storage": StorageResource(root=str(storage)),
-        "privacy": PrivacyResource(salt=SALT),
-        "ray": RayResource(num_cpus=2),
-        "mlflow_tracking": MLflowResource(),
-    }
+    return local_resources(archive, storage, SALT)
 
 
 def materialize(archive: Path, storage: Path, names: list[str] | None = None, **kwargs):

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from pipeline_setup import local_resources
 
 from assets.evaluation import EVAL_ASSETS
 from assets.leaderboard import leaderboard
@@ -18,11 +19,6 @@ from cxr.synthetic import generate_archive
 from pipelines.definitions import defs
 from pipelines.partitions import checkpoints_partitions
 from pipelines.resources import (
-    MLflowResource,
-    PrivacyResource,
-    RayResource,
-    SourceResource,
-    StorageResource,
     use_tracking_uri,
 )
 from pipelines.sensors import checkpoint_sensor
@@ -46,13 +42,7 @@ RUN_CONFIG = {
 
 
 def resources(archive: Path, storage: Path) -> dict:
-    return {
-        "source": SourceResource(root=str(archive), layout="mimic-cxr"),
-        "storage": StorageResource(root=str(storage)),
-        "privacy": PrivacyResource(salt="evaluation-integration-salt"),
-        "ray": RayResource(num_cpus=2),
-        "mlflow_tracking": MLflowResource(),
-    }
+    return local_resources(archive, storage, "evaluation-integration-salt")
 
 
 def tick(instance, res: dict, cursor: str | None = None) -> dg.SensorResult:

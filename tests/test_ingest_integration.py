@@ -12,15 +12,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pipeline_setup import local_resources
 
 from cxr.privacy import Pseudonymizer
 from cxr.synthetic import generate_archive
 from pipelines.definitions import defs
 from pipelines.resources import (
     MLflowResource,
-    PrivacyResource,
     RayResource,
-    SourceResource,
     StorageResource,
     use_tracking_uri,
 )
@@ -66,13 +65,7 @@ def archive(tmp_path_factory, shared_data) -> Path:
 
 def materialize(archive: Path, storage: Path, use_ray: bool) -> dg.ExecuteInProcessResult:
     definitions = defs()
-    resources = {
-        "source": SourceResource(root=str(archive), layout="mimic-cxr"),
-        "storage": StorageResource(root=str(storage)),
-        "privacy": PrivacyResource(salt=TEST_SALT),
-        "ray": RayResource(num_cpus=2),
-        "mlflow_tracking": MLflowResource(),
-    }
+    resources = local_resources(archive, storage, TEST_SALT)
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         resources=resources,

@@ -282,48 +282,23 @@ def test_needles_are_read_back_from_the_source(tmp_path):
 @pytest.mark.integration
 def test_privacy_audit_check_passes_on_a_demo_run(tmp_path):
     """The asset check on a real run: outputs, catalog, MLflow store and event log are clean."""
+    from pipeline_setup import local_resources, tiny_data_ops
+
     from cxr.synthetic import generate_archive
     from pipelines.definitions import defs
-    from pipelines.resources import (
-        MLflowResource,
-        PrivacyResource,
-        RayResource,
-        SourceResource,
-        StorageResource,
-    )
 
     archive = tmp_path / "archive"
     generate_archive(archive, num_studies=6, seed=11, size_scale=0.5)
     definitions = defs()
-    resources = {
-        "source": SourceResource(root=str(archive), layout="mimic-cxr"),
-        "storage": StorageResource(root=str(tmp_path / "storage")),
-        "privacy": PrivacyResource(salt="audit-salt-0123456789abcdef"),
-        "ray": RayResource(num_cpus=2),
-        "mlflow_tracking": MLflowResource(),
-    }
+    resources = local_resources(archive, tmp_path / "storage", "audit-salt-0123456789abcdef")
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         resources=resources,
         selection=dg.AssetSelection.groups("ingest", "curation", "tokenization"),
         run_config={
             "ops": {
-                "cxr_images": {
-                    "config": {"use_ray": False, "images_per_shard": 4, "image_size": 64}
-                },
+                **tiny_data_ops(images_per_shard=4),
                 "cxr_images_decode_success_rate": {"config": {"min_success_rate": 0.3}},
-                "image_tokenizer": {
-                    "config": {
-                        "preset": "debug",
-                        "steps": 2,
-                        "batch_size": 4,
-                        "real_check_dir": "",
-                        "max_val_images": 4,
-                    }
-                },
-                "text_tokenizer": {"config": {"vocab_size": 300}},
-                "finding_labels": {"config": {"openi_reports_dir": ""}},
-                "token_shards": {"config": {"use_ray": False}},
                 "token_shards_privacy_audit": {"config": {"sample_files": 0}},
             }
         },

@@ -13,15 +13,12 @@ from pathlib import Path
 import dagster as dg
 import psutil
 import pytest
+from pipeline_setup import local_resources
 
 from cxr.synthetic import generate_archive
 from pipelines.definitions import defs
 from pipelines.resources import (
-    MLflowResource,
-    PrivacyResource,
     RayResource,
-    SourceResource,
-    StorageResource,
 )
 
 SCRIPT_TIMEOUT_S = 600
@@ -49,13 +46,7 @@ def _load_script():
 
 
 def _resources(archive: Path, storage: Path) -> dict:
-    return {
-        "source": SourceResource(root=str(archive), layout="mimic-cxr"),
-        "storage": StorageResource(root=str(storage)),
-        "privacy": PrivacyResource(salt="cluster-test-salt-0123456789"),
-        "ray": RayResource(),
-        "mlflow_tracking": MLflowResource(),
-    }
+    return local_resources(archive, storage, "cluster-test-salt-0123456789", RayResource())
 
 
 def _assets(names) -> list:
