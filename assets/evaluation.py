@@ -430,7 +430,6 @@ def report_generation_eval(
     """Generated reports and their scores for one checkpoint."""
 
     def run() -> dg.MaterializeResult:
-        from evaluation.features import hidden_state_features, resolve_layer
         from evaluation.report_generation import ReportGenerationConfig, run_report_generation
         from models.text_tokenizer import load_tokenizer
 
@@ -442,21 +441,12 @@ def report_generation_eval(
         def decode(ids: list[int]) -> str:
             return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-        layer = resolve_layer(DEFAULT_LAYER, ec.model.config.num_hidden_layers)
-        train_x = hidden_state_features(
-            ec.model, train.codes, None, ec.vocab, layer, config.batch_size
-        )
-        test_x = hidden_state_features(
-            ec.model, test.codes, None, ec.vocab, layer, config.batch_size
-        )
         result = run_report_generation(
             ec.model,
             ec.vocab,
             decode,
             train,
             test,
-            train_x,
-            test_x,
             ReportGenerationConfig(
                 min_new_tokens=config.min_new_tokens,
                 max_new_tokens=config.max_new_tokens,

@@ -413,7 +413,6 @@ def evaluate(
 
     from assets import paths
     from evaluation.data import load_pixels, load_split
-    from evaluation.features import hidden_state_features, resolve_layer
     from evaluation.findings import FindingsConfig, run_findings
     from evaluation.inpainting import InpaintingConfig, positionwise_mode, run_inpainting
     from evaluation.report_generation import ReportGenerationConfig, run_report_generation
@@ -549,17 +548,12 @@ def evaluate(
                 )
 
         with timer(f"{key} report generation"):
-            layer = resolve_layer(DEFAULT_LAYER, model.config.num_hidden_layers)
-            train_x = hidden_state_features(model, train.codes, None, vocab, layer, args.batch_size)
-            test_x = hidden_state_features(model, test.codes, None, vocab, layer, args.batch_size)
             result = run_report_generation(
                 model,
                 vocab,
                 decode,
                 train,
                 test,
-                train_x,
-                test_x,
                 ReportGenerationConfig(
                     max_new_tokens=args.max_new_tokens,
                     batch_size=args.batch_size,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cxr.labeler import OBSERVATIONS, CheXpertLabeler
+from evaluation import DEFAULT_LAYER
 from evaluation.data import EvalRows, batches, image_prefix_ids
 from evaluation.results import MetricRow
 from evaluation.stats import Estimate, patient_bootstrap
@@ -45,6 +46,8 @@ class ReportGenerationConfig:
         green_model_path: Local directory of a GREEN judge model (e.g. GREEN-RadLlama2-7b); empty:
             GREEN is reported as skipped (no model is ever downloaded).
         green_max_new_tokens: Judge output budget.
+        feature_layer: Hidden-state layer (index or depth fraction) of the model's image
+            features for the nearest-TRAIN-report-by-features baseline; None: no such baseline.
     """
 
     min_new_tokens: int = 5
@@ -54,6 +57,7 @@ class ReportGenerationConfig:
     seed: int = 0
     green_model_path: str = ""
     green_max_new_tokens: int = 512
+    feature_layer: int | float | None = DEFAULT_LAYER
 
 
 @dataclass
@@ -336,8 +340,6 @@ def run_report_generation(
     decode: Callable[[list[int]], str],
     train: EvalRows,
     test: EvalRows,
-    train_features: np.ndarray | None,
-    test_features: np.ndarray | None,
     config: ReportGenerationConfig,
 ) -> ReportGenerationResult:
     """Generated reports of one checkpoint and the nearest-neighbour baselines, scored.
@@ -348,11 +350,9 @@ def run_report_generation(
         decode: Text ids -> text (the text tokenizer, specials skipped).
         train: TRAIN rows (baseline report pool).
         test: TEST rows.
-        train_features: (M_train, D) model image features for the baseline, or None.
-        test_features: (M_test, D) model image features, or None.
         config: Settings.
     """
-    from evaluation.features import code_histograms
+    from evaluation.features import code_histograms, hidden_state_features, resolve_layer
 
     labeler = CheXpertLabeler.from_rules_dir()
     references = [decode(t) for t in test.text_ids]
@@ -366,8 +366,11 @@ def run_report_generation(
     hist_test = code_histograms(test.codes, None, vocab.codebook_size)
     nearest = nearest_reports(hist_train, hist_test)
     candidates["nearest_train_report_codes"] = [train_reports[i] for i in nearest]
-    if train_features is not None and test_features is not None:
-        nearest = nearest_reports(train_features, test_features)
+    if model is not None and config.feature_layer is not None:
+        layer = resolve_layer(config.feature_layer, model.config.num_hidden_layers)
+        train_x = hidden_state_features(model, train.codes, None, vocab, layer, config.batch_size)
+        test_x = hidden_state_features(model, test.codes, None, vocab, layer, config.batch_size)
+        nearest = nearest_reports(train_x, test_x)
         candidates["nearest_train_report_features"] = [train_reports[i] for i in nearest]
     rows: list[MetricRow] = []
     frames = []

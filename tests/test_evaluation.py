@@ -178,8 +178,8 @@ def test_report_generation_scores_and_skips_green(model, vocab):
     def decode(ids: list[int]) -> str:
         return " ".join(words[t] for t in ids if t >= 3)
 
-    cfg = ReportGenerationConfig(max_new_tokens=8, n_boot=20)
-    result = run_report_generation(model, vocab, decode, train, test, None, None, cfg)
+    cfg = ReportGenerationConfig(max_new_tokens=8, n_boot=20, feature_layer=None)
+    result = run_report_generation(model, vocab, decode, train, test, cfg)
     green = [r for r in result.rows if r.metric == "green"]
     assert green and all(r.value is None and r.status.startswith("skipped") for r in green)
     methods = {r.method for r in result.rows}
@@ -221,12 +221,29 @@ def test_green_with_a_local_judge_reports_unparsed_answers_as_a_failure(model, v
     assert green_scores(str(local_judge), hypotheses, references, 6) == [None, None]
     train, test = make_rows(10, 7), make_rows(4, 8)
     cfg = ReportGenerationConfig(
-        max_new_tokens=4, n_boot=10, green_model_path=str(local_judge), green_max_new_tokens=4
+        max_new_tokens=4,
+        n_boot=10,
+        green_model_path=str(local_judge),
+        green_max_new_tokens=4,
+        feature_layer=None,
     )
-    result = run_report_generation(model, vocab, lambda ids: "w", train, test, None, None, cfg)
+    result = run_report_generation(model, vocab, lambda ids: "w", train, test, cfg)
     green = [r for r in result.rows if r.metric == "green"]
     assert {r.method for r in green} == {"model", "nearest_train_report_codes"}
     assert all(r.value is None and r.status.startswith("failed: none of the 4") for r in green)
+
+
+def test_report_generation_feature_baseline_uses_the_models_layer_features(model, vocab):
+    train, test = make_rows(10, 7), make_rows(4, 8)
+    cfg = ReportGenerationConfig(max_new_tokens=4, n_boot=10)
+    result = run_report_generation(model, vocab, lambda ids: "w", train, test, cfg)
+    assert {r.method for r in result.rows} == {
+        "model",
+        "nearest_train_report_codes",
+        "nearest_train_report_features",
+    }
+    baselines = run_report_generation(None, vocab, lambda ids: "w", train, test, cfg)
+    assert {r.method for r in baselines.rows} == {"nearest_train_report_codes"}
 
 
 def test_green_rows_score_only_parsed_answers():
