@@ -121,6 +121,13 @@ class LMTrainConfig:
             needed, which is why float16 is not offered). Use float32 on CPU.
         num_threads: ``torch.set_num_threads`` during the call (restored after); None leaves
             torch's setting.
+        compile: Regional ``torch.compile``: every decoder block (compiled once, reused by all
+            blocks) and the loss. For GPUs: it fuses the norms, activations, rotary embedding
+            and the cross-entropy over the vocabulary. The first step pays the compile time.
+        prefetch_batches: Batches read ahead by a background thread (pinned host memory,
+            copied to the device without blocking) when the model is on a GPU; 0 reads each
+            batch when it is needed. Ignored on CPU, where reading ahead only competes with
+            the step for the same cores.
     """
 
     stage: Literal[1, 2] = 1
@@ -144,6 +151,8 @@ class LMTrainConfig:
     max_text_tokens: int = 256
     dtype: Literal["float32", "bfloat16"] = "float32"
     num_threads: int | None = None
+    compile: bool = False
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         for name in ("betas", "image_mask_ratio_range", "text_mask_ratio_range"):
@@ -179,6 +188,8 @@ class LMTrainConfig:
             errors.append(f"max_text_tokens must be >= 0, got {self.max_text_tokens}")
         if self.dtype not in DTYPES:
             errors.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.prefetch_batches < 0:
+            errors.append(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if self.num_threads is not None and self.num_threads < 1:
             errors.append(f"num_threads must be >= 1 or None, got {self.num_threads}")
         if errors:
@@ -238,6 +249,10 @@ def lm_loss(
 ) -> dict[str, torch.Tensor]:
     """Shifted next-token cross-entropy, split into image-code and other targets.
 
+    Every position is scored in one ``cross_entropy`` call and the two target sets are
+    selected with masks, not by boolean indexing: the shapes never depend on the data, so
+    nothing waits for the device and ``torch.compile`` sees one static graph.
+
     Args:
         logits: (B, L, V) model outputs on the (possibly masked) inputs.
         batch: ``collate`` output; uses ``labels`` (B, L) (original tokens, -100 on padding)
@@ -252,33 +267,58 @@ def lm_loss(
         ``image_loss`` and ``text_loss`` (detached means, 0 when there is no such target),
         ``image_tokens`` and ``text_tokens`` (target counts), ``image_ce_sum`` and
         ``text_ce_sum`` (detached sums), ``image_correct`` and ``text_correct`` (argmax hits).
+        All are 0-d tensors on the logits' device.
     """
-    labels = batch["labels"].to(logits.device)
-    targets = labels[:, 1:]
-    valid = targets != IGNORE_INDEX
-    is_image = batch["image_mask"].to(logits.device)[:, 1:]
+    device = logits.device
+    labels = batch["labels"].to(device)
+    image_mask = batch["image_mask"].to(device)
     if target_positions is not None:
-        valid = valid & target_positions.to(logits.device)[:, 1:]
-    shifted = logits[:, :-1]  # a view: only the selected rows are gathered below
+        target_positions = target_positions.to(device)
+    return _loss_terms(
+        logits, labels, image_mask, target_positions, float(image_weight), float(text_weight)
+    )
+
+
+def _loss_terms(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    image_mask: torch.Tensor,
+    target_positions: torch.Tensor | None,
+    image_weight: float,
+    text_weight: float,
+) -> dict[str, torch.Tensor]:
+    """``lm_loss`` on tensors already on the logits' device (the part that gets compiled)."""
+    vocab_size = logits.shape[-1]
+    # position t predicts token t + 1: shift the targets, not the (large) logits
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    is_image = F.pad(image_mask[:, 1:], (0, 1), value=False)
+    valid = targets != IGNORE_INDEX
+    if target_positions is not None:
+        valid = valid & F.pad(target_positions[:, 1:], (0, 1), value=False)
+    ce = F.cross_entropy(
+        logits.reshape(-1, vocab_size).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(targets.shape)
+    with torch.no_grad():
+        hits = logits.argmax(dim=-1) == targets
     out: dict[str, torch.Tensor] = {}
     total = logits.new_zeros((), dtype=torch.float32)
+    count_sum = logits.new_zeros((), dtype=torch.long)
     for name, sel, weight in (
         ("image", valid & is_image, image_weight),
         ("text", valid & ~is_image, text_weight),
     ):
-        sel_logits = shifted[sel].float()
-        sel_targets = targets[sel]
-        ce = F.cross_entropy(sel_logits, sel_targets, reduction="sum")
-        count = sel_targets.numel()
-        total = total + weight * ce
-        out[f"{name}_ce_sum"] = ce.detach()
-        out[f"{name}_tokens"] = torch.tensor(count, device=logits.device)
-        out[f"{name}_loss"] = ce.detach() / max(count, 1)
-        with torch.no_grad():
-            hits = (sel_logits.argmax(dim=-1) == sel_targets).sum() if count else ce.new_zeros(())
-        out[f"{name}_correct"] = hits.detach()
-    num_targets = int(out["image_tokens"]) + int(out["text_tokens"])
-    out["loss"] = total / max(num_targets, 1)
+        ce_sum = torch.where(sel, ce, 0.0).sum()
+        count = sel.sum()
+        total = total + weight * ce_sum
+        count_sum = count_sum + count
+        out[f"{name}_ce_sum"] = ce_sum.detach()
+        out[f"{name}_tokens"] = count
+        out[f"{name}_loss"] = ce_sum.detach() / count.clamp(min=1)
+        out[f"{name}_correct"] = (hits & sel).sum()
+    out["loss"] = total / count_sum.clamp(min=1)
     return out
 
 
@@ -348,7 +388,99 @@ def _make_optimizer(model: nn.Module, cfg: LMTrainConfig) -> torch.optim.Optimiz
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    # On GPUs one fused kernel updates every tensor (the foreach default launches several per
+    # group); the CPU keeps the foreach path, whose results the CPU tests pin down.
+    fused = all(p.device.type == "cuda" for p in decay + no_decay) and bool(decay + no_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """Regional ``torch.compile``: compile every decoder block of ``model`` in place.
+
+    All blocks share one class and one graph, so the first compiles and the others reuse it
+    (seconds instead of the minutes a whole-model compile takes). ``Module.compile`` keeps
+    the parameter names, so checkpoints and DDP/FSDP wrappers are unaffected; under FSDP the
+    wrapped (inner) blocks are compiled.
+
+    Returns:
+        The number of blocks compiled.
+    """
+    from transformers.models.phi.modeling_phi import PhiDecoderLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, PhiDecoderLayer)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when every row of ``attention_mask`` (B, L) is ones then zeros (``collate``).
+
+    Then causal attention without the mask is exact for every real position (a token never
+    attends to later positions, where the padding is), and SDPA can run its flash kernel
+    instead of a masked one. Padded positions are never targets of the loss.
+    """
+    if attention_mask.shape[1] < 2:
+        return True
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
+class _Prefetcher:
+    """Reads ``(batch, position)`` pairs of ``stream`` ahead in a thread, in pinned memory.
+
+    Errors of the reading thread are raised by ``__next__``; ``close`` stops the thread.
+    """
+
+    _DONE = object()
+
+    def __init__(self, stream: Iterator[Any], depth: int, pin: bool) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._pin = pin
+        self._thread = threading.Thread(
+            target=self._run, args=(stream,), name="lm-batch-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, stream: Iterator[Any]) -> None:
+        try:
+            for batch, position in stream:
+                if self._pin:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                if not self._put((batch, position)):
+                    return
+            self._put(self._DONE)
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put(error)
+
+    def __iter__(self) -> _Prefetcher:
+        return self
+
+    def __next__(self) -> Any:
+        item = self._queue.get()
+        if item is self._DONE:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
@@ -537,6 +669,47 @@ def load_lm_checkpoint(
 # Training
 
 
+def _materialize(metrics: dict[str, Any]) -> dict[str, float]:
+    """Metrics as floats: device tensors are stacked and read with one synchronisation."""
+    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in metrics.items() if k not in keys}
+    if keys:
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values, strict=True))
+    return out
+
+
+@dataclass
+class _Window:
+    """Steps since the last log row: their wall time, tokens and time spent waiting for data.
+
+    On a GPU the host runs ahead of the device, so one step's host time means nothing; the
+    window is timed from its start to a synchronisation at its end.
+    """
+
+    start: float
+    steps: int = 0
+    tokens: float = 0.0
+    data_s: float = 0.0
+
+    def close(self, metrics: dict[str, float], on_gpu: bool) -> dict[str, float]:
+        """The log row of the window: ``metrics`` of its last step plus throughput."""
+        if on_gpu:
+            torch.cuda.synchronize()
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        steps = max(self.steps, 1)
+        return {
+            **metrics,
+            "tokens": self.tokens,
+            "window_steps": float(self.steps),
+            "window_s": seconds,
+            "step_s": seconds / steps,
+            "tokens_per_s": self.tokens / seconds,
+            "data_wait_s": self.data_s,
+            "data_wait_fraction": self.data_s / seconds,
+        }
+
+
 class _Trainer:
     """State and step function shared by ``train_lm`` (one per call)."""
 
@@ -551,6 +724,11 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.step = 0
         self.position = DataPosition()
+        self.loss_fn: Callable[..., dict[str, torch.Tensor]] = _loss_terms
+        self.compiled_blocks = 0
+        if cfg.compile:
+            self.compiled_blocks = compile_blocks(model)
+            self.loss_fn = torch.compile(_loss_terms)
 
     def restore(self, path: Path) -> None:
         """Load weights, optimizer, scheduler, step, this rank's data position and RNG."""
@@ -582,14 +760,18 @@ class _Trainer:
                 self.position.epoch,
             )
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimizer step on ``batch``; returns per-step metrics of this rank."""
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One optimizer step on a host ``batch``; returns this rank's per-step metrics.
+
+        Nothing here waits for the device: the stage-2 masks, the token counts and the
+        padding check are computed on the host batch, and the losses and the gradient norm
+        are returned as device tensors (``materialize`` turns a list of these into floats
+        with one synchronisation, at logging time).
+        """
         cfg = self.cfg
         self.model.train()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        target_positions = None
-        inputs = batch["input_ids"]
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Any] = {"tokens": float(batch["attention_mask"].sum())}
+        inputs, target_positions = batch["input_ids"], None
         if cfg.stage == 2:
             rng = _mask_generator(cfg.seed, self.rank, self.step)
             inputs, masked = apply_stage2_masking(
@@ -599,13 +781,28 @@ class _Trainer:
                 target_positions = masked
             eligible = batch["image_mask"].sum() + batch["text_mask"].sum()
             metrics["masked_fraction"] = float(masked.sum()) / max(float(eligible), 1.0)
+        attention_mask = batch["attention_mask"]
+        if right_padded(attention_mask):
+            attention_mask = None
+
+        def to_device(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(self.device, non_blocking=True)
+
         with _autocast(self.device, cfg.dtype):
             logits = self.model(
-                input_ids=inputs, attention_mask=batch["attention_mask"], use_cache=False
+                input_ids=to_device(inputs),
+                attention_mask=to_device(attention_mask),
+                use_cache=False,
             ).logits
-        losses = lm_loss(
-            logits, batch, cfg.image_loss_weight, cfg.text_loss_weight, target_positions
+        losses = self.loss_fn(
+            logits,
+            to_device(batch["labels"]),
+            to_device(batch["image_mask"]),
+            to_device(target_positions),
+            float(cfg.image_loss_weight),
+            float(cfg.text_loss_weight),
         )
+        del logits
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -616,12 +813,11 @@ class _Trainer:
         self.step += 1
         metrics.update(
             {
-                "loss": float(losses["loss"].detach()),
-                "image_loss": float(losses["image_loss"]),
-                "text_loss": float(losses["text_loss"]),
+                "loss": losses["loss"].detach(),
+                "image_loss": losses["image_loss"],
+                "text_loss": losses["text_loss"],
                 "lr": float(lr),
-                "grad_norm": float(grad_norm),
-                "tokens": float(batch["attention_mask"].sum()),
+                "grad_norm": grad_norm.detach(),
             }
         )
         return metrics
@@ -633,7 +829,7 @@ class _Trainer:
         keys = sorted(metrics)
         values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(values)
-        summed = {"tokens", "tokens_per_s"}
+        summed = {"tokens", "tokens_per_s"}  # over ranks; times are averaged
         return {
             k: float(v) if k in summed else float(v) / self.world
             for k, v in zip(keys, values.tolist(), strict=True)
@@ -707,9 +903,13 @@ def train_lm(
             ``cfg.seed``; seed torch yourself before building the model for reproducible
             initial weights).
         log: ``log(step, metrics)`` every ``cfg.log_every`` steps and at the last step, with
-            ``loss``, ``image_loss``, ``text_loss``, ``lr``, ``grad_norm``, ``tokens``,
-            ``tokens_per_s``, ``step_s`` (and ``masked_fraction`` in stage 2), averaged over
-            ranks (token counts and throughput summed).
+            the last step's ``loss``, ``image_loss``, ``text_loss``, ``lr``, ``grad_norm`` (and
+            ``masked_fraction`` in stage 2), and the window of steps since the previous row:
+            ``window_steps``, ``window_s``, ``tokens`` (input tokens of the window),
+            ``tokens_per_s``, ``step_s`` (mean seconds per step), ``data_wait_s`` and
+            ``data_wait_fraction`` (time the loop waited for a batch); averaged over ranks
+            (token counts and throughput summed). The device is synchronised only for these
+            rows, so ``log_every`` also sets how often the host waits for the GPU.
         on_checkpoint: ``on_checkpoint(path, step)`` after each checkpoint, on every rank
             (``path`` is rank 0's folder; it only exists on rank 0's machine).
         should_stop: ``should_stop(step)`` before each step (``step`` = steps done so far);
@@ -753,30 +953,44 @@ def train_lm(
         start_time = time.perf_counter()
         total_tokens = 0.0
         stream: Iterator[tuple[dict[str, torch.Tensor], DataPosition]] | None = None
-        while trainer.step < cfg.steps:
-            if should_stop is not None and should_stop(trainer.step):
-                result.stopped_early = True
-                break
-            if stream is None:
-                stream = iter(data_factory(trainer.position))
-            t0 = time.perf_counter()
-            batch, position = next(stream)
-            metrics = trainer.train_step(batch)
-            trainer.position = position
-            step_s = time.perf_counter() - t0
-            metrics["step_s"] = step_s
-            metrics["tokens_per_s"] = metrics["tokens"] / max(step_s, 1e-9)
-            total_tokens += metrics["tokens"]
-            last_metrics = metrics
-            step = trainer.step
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row = trainer.reduce(metrics)
-                last_metrics = row
-                result.history.append({"step": float(step), **row})
-                if log is not None:
-                    log(step, row)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save()
+        prefetcher: _Prefetcher | None = None
+        on_gpu = trainer.device.type == "cuda"
+        window = _Window(time.perf_counter())
+        try:
+            while trainer.step < cfg.steps:
+                if should_stop is not None and should_stop(trainer.step):
+                    result.stopped_early = True
+                    break
+                if stream is None:
+                    stream = iter(data_factory(trainer.position))
+                    if on_gpu and cfg.prefetch_batches > 0:
+                        prefetcher = _Prefetcher(stream, cfg.prefetch_batches, pin=True)
+                        stream = prefetcher
+                t0 = time.perf_counter()
+                batch, position = next(stream)
+                window.data_s += time.perf_counter() - t0
+                metrics = trainer.train_step(batch)
+                trainer.position = position
+                window.steps += 1
+                window.tokens += metrics["tokens"]
+                total_tokens += metrics["tokens"]
+                last_metrics = metrics
+                step = trainer.step
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    row = trainer.reduce(window.close(_materialize(metrics), on_gpu))
+                    last_metrics = row
+                    result.history.append({"step": float(step), **row})
+                    if log is not None:
+                        log(step, row)
+                    window = _Window(time.perf_counter())
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    last_metrics = _materialize(last_metrics)
+                    save()
+                    window = _Window(time.perf_counter())
+        finally:
+            if prefetcher is not None:
+                prefetcher.close()
+        last_metrics = _materialize(last_metrics)
         if trainer.step != written_step and (
             trainer.step > result.start_step or result.stopped_early
         ):

@@ -41,6 +41,8 @@ V2 behaviour): use a fresh run name (or storage path) for a fresh run.
   (``load_pretrained``);
 - ``parallel_strategy``: ``"ddp"`` (default), ``"fsdp"`` (GPU; wraps each ``PhiDecoderLayer``,
   ``use_orig_params=True``) or None; ``parallel_strategy_kwargs`` (dict) are passed on;
+- ``checkpoint`` (bool, default True): False writes no checkpoint at all (benchmarks of
+  ``radphi2``, whose weights + AdamW state are 34 GB); the result then has no checkpoint;
 - ``fault_injection`` (dict, drills and tests only): ``{"rank", "step", "marker"}``: the
   worker of that rank raises before step ``step`` unless the ``marker`` file exists (it is
   created first), so the failure fires once.
@@ -96,8 +98,15 @@ def _codes_per_image(shard_path: str) -> int:
     return int(pq.read_schema(shard_path).field("image_codes").type.list_size)
 
 
-def _build_model(config: dict[str, Any], vocab: Vocabulary, cfg: LMTrainConfig) -> Any:
-    """Build the starting model (identical on every rank)."""
+def _build_model(
+    config: dict[str, Any], vocab: Vocabulary, cfg: LMTrainConfig, device: Any = None
+) -> Any:
+    """Build the starting model (identical on every rank).
+
+    A preset model is initialised directly on ``device`` (a GPU initialises ``radphi2``'s 2.8B
+    parameters in a second, the CPU in about a minute); the seeded weights then depend on the
+    device type, not on the rank. Checkpoint and pretrained weights load on the CPU.
+    """
     import torch
 
     from models.early_fusion import build_model, lm_config_from_preset, load_pretrained
@@ -120,7 +129,8 @@ def _build_model(config: dict[str, Any], vocab: Vocabulary, cfg: LMTrainConfig) 
     max_positions = config.get("max_positions") or (
         _codes_per_image(resolve_shard_paths(config)[0]) + cfg.max_text_tokens + 4
     )
-    return build_model(lm_cfg, vocab, int(max_positions))
+    with torch.device(device if device is not None else "cpu"):
+        return build_model(lm_cfg, vocab, int(max_positions))
 
 
 def _strategy_kwargs(strategy: str | None, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -162,7 +172,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     rank, world = context.get_world_rank(), context.get_world_size()
     vocab = _vocab(config)
     cfg = LMTrainConfig.from_dict(config["train"])
-    model = _build_model(config, vocab, cfg)
+    model = _build_model(config, vocab, cfg, ray.train.torch.get_device())
     strategy = config.get("parallel_strategy", "ddp")
     model = ray.train.torch.prepare_model(
         model,
@@ -238,7 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 model,
                 data,
                 cfg,
-                checkpoint_dir=local_dir,
+                checkpoint_dir=local_dir if config.get("checkpoint", True) else None,
                 resume_from=resume_from,
                 log=log,
                 on_checkpoint=on_checkpoint,
@@ -259,6 +269,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "node_id": node_ids[rank],
         "worker_node_ids": node_ids,
         "history": result.history,  # rank 0's logged rows, for MLflow and the loss curve
+        "device": str(next(model.parameters()).device),
     }
 
 

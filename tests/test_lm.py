@@ -498,3 +498,60 @@ def test_incomplete_checkpoint_is_ignored(tmp_path, vocab):
     assert latest_complete_checkpoint(tmp_path / "nothing") is None
     with pytest.raises(FileNotFoundError):
         load_lm_checkpoint(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop's GPU-oriented pieces, checked on CPU
+
+
+def test_right_padded_detects_collate_batches_only():
+    from models.lm_train import right_padded
+
+    assert right_padded(torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+    assert right_padded(torch.ones(2, 1, dtype=torch.long))
+    assert not right_padded(torch.tensor([[0, 1, 1, 1]]))  # left padding needs the mask
+    assert not right_padded(torch.tensor([[1, 0, 1, 0]]))
+
+
+def test_prefetcher_keeps_order_and_raises_the_reader_error():
+    from models.lm_train import _Prefetcher
+
+    def stream():
+        for i in range(5):
+            yield {"x": torch.full((2,), i)}, i
+        raise OSError("shard vanished")
+
+    prefetcher = _Prefetcher(stream(), depth=2, pin=False)
+    seen = [next(prefetcher)[1] for _ in range(5)]
+    assert seen == [0, 1, 2, 3, 4]
+    with pytest.raises(OSError, match="shard vanished"):
+        next(prefetcher)
+    prefetcher.close()
+
+
+def test_compiled_loop_matches_the_eager_loop(vocab, tmp_path, monkeypatch):
+    """``compile=True`` (regional compile of the blocks + the loss) on CPU: same losses."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    rows = random_rows(16, seed=3)
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(lm_config_from_preset("debug"), vocab, 64)
+        cfg = LMTrainConfig(stage=2, steps=3, batch_size=4, log_every=1, compile=compiled)
+        history = train_lm(model, InMemoryBatches(rows, vocab, 4), cfg).history
+        losses[compiled] = [h["loss"] for h in history]
+        assert [h["window_steps"] for h in history] == [1.0, 1.0, 1.0]
+    assert np.allclose(losses[False], losses[True], rtol=1e-5), losses
+
+
+def test_log_rows_cover_windows_of_steps(vocab):
+    rows = random_rows(16, seed=4)
+    torch.manual_seed(0)
+    model = build_model(lm_config_from_preset("debug"), vocab, 64)
+    cfg = LMTrainConfig(steps=7, batch_size=4, log_every=3)
+    history = train_lm(model, InMemoryBatches(rows, vocab, 4), cfg).history
+    assert [h["step"] for h in history] == [3.0, 6.0, 7.0]
+    assert [h["window_steps"] for h in history] == [3.0, 3.0, 1.0]
+    for h in history:
+        assert h["tokens_per_s"] == pytest.approx(h["tokens"] / h["window_s"])
+        assert 0.0 <= h["data_wait_fraction"] <= 1.0
