@@ -369,6 +369,10 @@ def run_bare(
     load = os.getloadavg()[0]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if cfg.compile:
+        # each run compiles for its own shapes (static kernels), as a fresh process would;
+        # the on-disk kernel cache still serves graphs compiled before
+        torch._dynamo.reset()
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = build_on(device, preset, vocab, max_positions)
@@ -409,14 +413,18 @@ def run_bare(
     }
 
 
-def run_parity(common: dict[str, Any], device: torch.device, steps: int) -> dict[str, Any]:
+def run_parity(
+    common: dict[str, Any], device: torch.device, steps: int, batch_size: int
+) -> dict[str, Any]:
     """The same seed and data for ``steps`` steps: eager (compile off) vs the tested settings.
 
     Both runs log every step; the reference is the plain eager loop, whose losses match the
     previous boolean-indexing loss within 1.4e-6 on CPU (the CPU tests pin that path down).
     """
     cfg = common["cfg"]
-    base = dataclasses.replace(cfg, steps=steps, log_every=1, warmup_steps=min(10, steps))
+    base = dataclasses.replace(
+        cfg, steps=steps, log_every=1, warmup_steps=min(10, steps), batch_size=batch_size
+    )
     args = {**common, "warmup": 1, "device": device}
     reference = run_bare(**{**args, "cfg": dataclasses.replace(base, compile=False)})
     tested = run_bare(**{**args, "cfg": base})
@@ -620,6 +628,12 @@ def main() -> None:
         "and data, and report the per-step loss differences",
     )
     parser.add_argument(
+        "--parity-batch-size",
+        type=int,
+        default=None,
+        help="batch of the parity runs (default --batch-size; the eager loop needs more memory)",
+    )
+    parser.add_argument(
         "--no-ray-checkpoint",
         action="store_true",
         help="Ray runs write no final checkpoint (radphi2: 34 GB of weights + AdamW state)",
@@ -680,7 +694,9 @@ def main() -> None:
         common |= {"max_positions": seq_len, "warmup": args.warmup}
         parity: dict[str, Any] | None = None
         if args.parity_steps:
-            parity = run_parity(common, device, args.parity_steps)
+            parity = run_parity(
+                common, device, args.parity_steps, args.parity_batch_size or batch_size
+            )
             print(
                 f"parity over {args.parity_steps} steps: max |loss diff| "
                 f"{parity['max_abs_diff']:.4f} (max relative {parity['max_rel_diff']:.2%}); "
