@@ -628,6 +628,12 @@ def main() -> None:
         "and data, and report the per-step loss differences",
     )
     parser.add_argument(
+        "--extra-batch-sizes",
+        default="",
+        help="comma-separated batch sizes of extra bare runs after the main ones (reported "
+        "apart, with MFU and peak memory; an out-of-memory run is recorded, not fatal)",
+    )
+    parser.add_argument(
         "--parity-batch-size",
         type=int,
         default=None,
@@ -724,6 +730,25 @@ def main() -> None:
                 )
             )
             print(f"[{repeat}] ray 1w  {rows[-1]['tokens_per_s']:9.1f} tok/s", flush=True)
+        extra_rows = []
+        for extra in [int(b) for b in args.extra_batch_sizes.split(",") if b.strip()]:
+            extra_cfg = dataclasses.replace(cfg, batch_size=extra)
+            try:
+                row = run_bare(**{**common, "cfg": extra_cfg}, device=device)
+            except torch.cuda.OutOfMemoryError as error:
+                gc.collect()
+                torch.cuda.empty_cache()
+                extra_rows.append({"batch_size": extra, "error": f"out of memory: {error}"[:300]})
+                print(f"bare batch {extra}: out of memory", flush=True)
+                continue
+            row["mfu"] = row["tokens_per_s"] * flops["flops_per_token"] / peak if peak else None
+            extra_rows.append({k: v for k, v in row.items() if k != "cpu"})
+            print(
+                f"bare batch {extra}: {row['tokens_per_s']:9.1f} tok/s"
+                + (f", MFU {row['mfu']:.1%}" if peak else "")
+                + f", peak {row.get('peak_allocated_gib', 0):.1f} GiB",
+                flush=True,
+            )
         ddp_note = None
         if not args.skip_ray and args.ddp_workers > 1:
             if cuda and torch.cuda.device_count() < args.ddp_workers:
@@ -870,6 +895,7 @@ def main() -> None:
         "flops": flops,
         "summary": summary,
         "runs": rows,
+        "extra_batch_sizes": extra_rows,
         "parity": parity,
     }
     args.out.mkdir(parents=True, exist_ok=True)
