@@ -120,6 +120,28 @@ def uncertainty_targets(labels: np.ndarray, policy: str) -> np.ndarray:
     return out
 
 
+def policy_of_labels(labels_path: str | Path) -> str | None:
+    """The uncertainty policy ``finding_labels`` built its ``target_*`` columns with.
+
+    Read off the first uncertain mention (raw -1) and its training target (1: ``u_ones``,
+    0: ``u_zeros``, null: ``ignore``); None when no mention is uncertain.
+    """
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(labels_path)
+    columns = [c for c in LABEL_COLUMNS if f"target_{c}" in file.schema_arrow.names]
+    for batch in file.iter_batches(
+        batch_size=8192, columns=[*columns, *(f"target_{c}" for c in columns)]
+    ):
+        for c in columns:
+            raw = batch.column(c).to_numpy(zero_copy_only=False)
+            hits = np.flatnonzero(raw == -1.0)
+            if hits.size:
+                target = batch.column(f"target_{c}")[int(hits[0])].as_py()
+                return {1.0: "u_ones", 0.0: "u_zeros", None: "ignore"}[target]
+    return None
+
+
 def patient_subset(rows: EvalRows, max_images: int | None, salt: str = "eval-train") -> EvalRows:
     """At most ``max_images`` rows, whole patients first, the same ones on every run.
 
