@@ -235,9 +235,9 @@ def save_layer_selection(ec: "EvalContext", core: FindingsConfig, selection) -> 
 def chosen_layer(ec: "EvalContext", storage) -> tuple[int, str]:
     """The layer the findings task chose on VALIDATE for this checkpoint, and where it came from.
 
-    Read from the findings evaluation when it was made with the default findings settings on
-    this checkpoint and data; otherwise chosen again here the same way (TRAIN probes, VALIDATE
-    macro AUROC), so report generation never uses another layer than findings would.
+    Read from the latest findings evaluation of this checkpoint on these token shards (its
+    settings are in the saved key); when there is none, chosen here the same way with the
+    default findings settings (TRAIN probes, VALIDATE macro AUROC).
     """
     from evaluation.findings import LayerSelection, select_layer
 
@@ -245,7 +245,8 @@ def chosen_layer(ec: "EvalContext", storage) -> tuple[int, str]:
     path = _selection_path(ec)
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("key") == json.loads(json.dumps(_selection_key(ec, core))):
+        key = _selection_key(ec, core)
+        if all(saved["key"].get(k) == key[k] for k in ("checkpoint_hash", "token_shards")):
             return LayerSelection.from_dict(saved["selection"]).layer, "findings_eval"
     from evaluation.findings import prepare_rows
 

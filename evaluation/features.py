@@ -1,8 +1,10 @@
 """Image features: the transformer's hidden states over image positions, or a code histogram.
 
 CheXmix classifies findings from the mean of one layer's hidden states over the image-token
-positions (early-middle layers work best). Because attention is causal and the image comes
-first, those states depend on the image tokens only, so only ``<|img|> codes <|/img|>`` is fed.
+positions (early-middle layers work best; the benchmark chooses among ``candidate_layers`` on
+VALIDATE, all of them taken from one forward pass). Because attention is causal and the image
+comes first, those states depend on the image tokens only, so only ``<|img|> codes <|/img|>``
+is fed.
 """
 
 from __future__ import annotations
