@@ -91,8 +91,11 @@ def paired_table(comparisons: pl.DataFrame) -> str:
         return "_no paired comparisons yet_"
     order = {task: k for k, task in enumerate(PAIRED_HEADLINES)}
     rows = comparisons.filter(
-        pl.struct("task", "metric").map_elements(
-            lambda r: r["metric"] in PAIRED_HEADLINES.get(r["task"], ()), return_dtype=pl.Boolean
+        pl.any_horizontal(
+            [
+                (pl.col("task") == task) & pl.col("metric").is_in(list(metrics))
+                for task, metrics in PAIRED_HEADLINES.items()
+            ]
         )
     )
     rows = rows.with_columns(
@@ -102,7 +105,7 @@ def paired_table(comparisons: pl.DataFrame) -> str:
         ["_baseline", "_task", "checkpoint_a", "checkpoint_b", "metric", "setting", "mask_ratio"]
     )
     lines = [
-        "| a | b | task | metric | mask | setting | a | b | a - b [95% CI] | P(a - b <= 0) "
+        "| a | b | task | metric | mask | setting | value a | value b | a - b [95% CI] | P(a - b <= 0) "
         "| patients |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
