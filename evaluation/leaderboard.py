@@ -105,8 +105,8 @@ def paired_table(comparisons: pl.DataFrame) -> str:
         ["_baseline", "_task", "checkpoint_a", "checkpoint_b", "metric", "setting", "mask_ratio"]
     )
     lines = [
-        "| a | b | task | metric | mask | setting | value a | value b | a - b [95% CI] | P(a - b <= 0) "
-        "| patients |",
+        "| a | b | task | metric | mask | setting | value a | value b | a - b [95% CI] "
+        "| P(a - b <= 0) | patients |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.iter_rows(named=True):
