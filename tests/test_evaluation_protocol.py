@@ -21,7 +21,7 @@ from evaluation.comparisons import (
     read_comparisons,
     update_comparisons,
 )
-from evaluation.data import EvalRows, patient_subset, uncertainty_targets
+from evaluation.data import EvalRows, patient_subset, policy_of_labels, uncertainty_targets
 from evaluation.features import hidden_state_features, hidden_state_features_by_layer
 from evaluation.findings import FindingsConfig, run_findings, select_layer
 from evaluation.results import EvalRunInfo, MetricRow, upsert_results
@@ -170,6 +170,34 @@ def test_label_policy_round_trip():
                 assert scored[k] == trained[o]
     with pytest.raises(ValueError, match="uncertainty policy"):
         uncertainty_targets(labels, "u_maybe")
+
+
+def test_evaluation_reads_the_policy_finding_labels_trained_with(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cxr.token_shards import LABEL_COLUMNS
+
+    studies = [dict.fromkeys(OBSERVATIONS), {**dict.fromkeys(OBSERVATIONS), "Edema": -1.0}]
+    for policy in UNCERTAINTY_POLICIES:
+        rows = []
+        for labels in studies:
+            targets = apply_uncertainty_policy(labels, policy)
+            rows.append(
+                {
+                    **{c: labels[o] for c, o in zip(LABEL_COLUMNS, OBSERVATIONS, strict=True)},
+                    **{
+                        f"target_{c}": targets[o]
+                        for c, o in zip(LABEL_COLUMNS, OBSERVATIONS, strict=True)
+                    },
+                }
+            )
+        path = tmp_path / f"{policy}.parquet"
+        schema = pa.schema([pa.field(k, pa.float32()) for k in rows[0]])
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+        assert policy_of_labels(path) == policy
+    pq.write_table(pa.Table.from_pylist(rows[:1], schema=schema), tmp_path / "none.parquet")
+    assert policy_of_labels(tmp_path / "none.parquet") is None
 
 
 def test_findings_follow_the_policy_count_patients_and_views(vocab):
