@@ -418,7 +418,9 @@ def findings_eval(
         ec = EvalContext(context, config, storage)
         core = findings_config(config, storage)
         train = ec.split("train", config.max_train_rows, by_patient=True)
-        validate = ec.split("validate", config.max_validate_rows)
+        validate = None  # needed only to choose the layer
+        if core.layer is None:
+            validate = ec.split("validate", config.max_validate_rows)
         test = ec.split("test", config.max_test_rows)
         result = run_findings(ec.model, ec.vocab, train, test, core, validate=validate)
         selection = result.selection
