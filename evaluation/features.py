@@ -25,12 +25,17 @@ SMALL_MODEL_LAYERS = 12
 DEFAULT_LAYER_BAND = (0.22, 0.375)
 
 
-def resolve_layer(layer: int | float, num_layers: int) -> int:
+def resolve_layer(layer: int | float | None, num_layers: int) -> int:
     """A hidden-state index in [1, num_layers] from an index or a depth fraction.
 
     ``layer`` >= 1 is taken as is (1 = output of the first block); a float in (0, 1) is a
-    fraction of the depth (CheXmix's 7-12 of 32 is about 0.3), rounded, at least 1.
+    fraction of the depth (CheXmix's 7-12 of 32 is about 0.3), rounded, at least 1. None (the
+    findings default, where the layer is chosen on VALIDATE) gives the middle default candidate,
+    for callers that need one representative layer without VALIDATE (timing, the fallback).
     """
+    if layer is None:
+        candidates = candidate_layers((), num_layers)
+        return candidates[len(candidates) // 2]
     if isinstance(layer, float) and 0.0 < layer < 1.0:
         return max(1, round(layer * num_layers))
     layer = int(layer)

@@ -22,7 +22,12 @@ from evaluation.comparisons import (
     update_comparisons,
 )
 from evaluation.data import EvalRows, patient_subset, policy_of_labels, uncertainty_targets
-from evaluation.features import hidden_state_features, hidden_state_features_by_layer
+from evaluation.features import (
+    candidate_layers,
+    hidden_state_features,
+    hidden_state_features_by_layer,
+    resolve_layer,
+)
 from evaluation.findings import FindingsConfig, run_findings, select_layer
 from evaluation.results import EvalRunInfo, MetricRow, upsert_results
 from evaluation.retrieval import RetrievalConfig, run_retrieval
@@ -131,6 +136,8 @@ def test_all_candidate_layers_come_from_one_forward_pass(model, vocab):
     for layer in (1, 2):
         single = hidden_state_features(model, rows.codes, None, vocab, layer)
         np.testing.assert_allclose(by_layer[layer], single, rtol=1e-5, atol=1e-6)
+    # callers that need one layer without VALIDATE (bench/evaluate.py) get a default candidate
+    assert resolve_layer(FindingsConfig().layer, 32) in candidate_layers((), 32)
     _, features = select_layer(
         model, vocab, rows, make_rows(6, 25), FindingsConfig(min_test_positives=1)
     )
