@@ -19,7 +19,7 @@ from pydantic import Field
 
 from assets import paths
 from cxr.previews import markdown_image, markdown_table
-from evaluation import DEFAULT_LAYER
+from evaluation.findings import FindingsConfig
 from evaluation.results import EvalRunInfo, MetricRow, rows_frame, upsert_results
 from pipelines.lineage import content_hash_of, record_lineage
 from pipelines.partitions import checkpoints_partitions
@@ -44,17 +44,40 @@ class EvalConfig(dg.Config):
 
 
 class FindingsEvalConfig(EvalConfig):
-    """Findings AUROC under image-token masking."""
+    """Findings AUROC under image-token masking (fields documented on ``FindingsConfig``)."""
 
-    layer: float = Field(
-        default=DEFAULT_LAYER,
-        description="Hidden-state layer: an index >= 1, or a depth fraction in (0, 1) "
-        "(CheXmix: early-middle, 7-12 of 32)",
+    max_train_rows: int = Field(
+        default=FindingsConfig.max_train_images,
+        description="TRAIN images the probes are fitted on: a deterministic patient-level subset "
+        "beyond this, so the cost does not grow with TRAIN",
     )
-    mask_ratios: list[float] = Field(default=[0.0, 0.2, 0.4, 0.6, 0.8])
-    probe_c: float = Field(default=0.5, description="Inverse L2 strength of the probes")
+    max_validate_rows: int = Field(
+        default=5000, description="VALIDATE images the layer is chosen on (hash-chosen subset)"
+    )
+    layer: float | None = Field(
+        default=None,
+        description="None: chosen on VALIDATE among candidate_layers (best macro AUROC without "
+        "masking). An index >= 1 or a depth fraction in (0, 1) fixes it instead",
+    )
+    candidate_layers: list[float] = Field(
+        default=[],
+        description="Layers to choose among (indices or depth fractions); empty: every layer "
+        "of a model of at most 12 blocks, else the 7-12-of-32 band of the depth",
+    )
+    mask_ratios: list[float] = Field(default=list(FindingsConfig.mask_ratios))
+    probe_c: float = Field(default=FindingsConfig.probe_c, description="Inverse L2 strength")
     min_test_positives: int = Field(
-        default=3, description="Min positive AND negative TEST images to score an observation"
+        default=FindingsConfig.min_test_positives,
+        description="Min positive AND negative PATIENTS (TEST, and VALIDATE for the layer) to "
+        "score an observation",
+    )
+    uncertainty_policy: str = Field(
+        default="",
+        description="Target of an uncertain mention: u_ones, u_zeros or ignore; empty = the "
+        "policy finding_labels built its training targets with (u_ones if none is found)",
+    )
+    views: str = Field(
+        default=FindingsConfig.views, description="frontal (PA/AP only) or all images"
     )
 
 
@@ -85,6 +108,12 @@ class RetrievalEvalConfig(EvalConfig):
         "other; cost grows with its square",
     )
     report_batch_size: int = Field(default=64, description="Candidate reports per forward pass")
+    prior: str = Field(
+        default="mean_image",
+        description="Report prior removed from log p(report | image): mean_image (mean over "
+        "TEST images; the same for every arm) or masked_image (all image tokens masked; only "
+        "in distribution for arms trained with masking)",
+    )
 
 
 def _config_hash(config: dict[str, Any]) -> str:
@@ -130,11 +159,11 @@ class EvalContext:
             self._model, _ = load_lm_checkpoint(self.ref.path, map_location=self.config.device)
         return self._model
 
-    def split(self, name: str, max_rows: int):
-        """Rows of one split (capped, hash-chosen)."""
+    def split(self, name: str, max_rows: int, by_patient: bool = False):
+        """Rows of one split (capped, hash-chosen; whole patients with ``by_patient``)."""
         from evaluation.data import load_split
 
-        return load_split(self.shard_paths, name, max_rows=max_rows)
+        return load_split(self.shard_paths, name, max_rows=max_rows, by_patient=by_patient)
 
     @property
     def max_text_tokens(self) -> int:
@@ -144,6 +173,87 @@ class EvalContext:
     def out_dir(self, task: str) -> Path:
         """Where a task's per-sample outputs go."""
         return self.storage.path("evaluation", self.key, task)
+
+
+def findings_config(config: FindingsEvalConfig, storage) -> FindingsConfig:
+    """The core findings settings from the Dagster config (policy resolved from the labels)."""
+    from evaluation.data import DEFAULT_UNCERTAINTY_POLICY, policy_of_labels
+
+    policy = config.uncertainty_policy
+    if not policy:
+        labels = storage.path(*paths.FINDING_LABELS)
+        policy = (policy_of_labels(labels) if labels.is_file() else None) or (
+            DEFAULT_UNCERTAINTY_POLICY
+        )
+    layer = config.layer
+    if layer is not None and not 0 < layer < 1:
+        layer = int(layer)
+    return FindingsConfig(
+        layer=layer,
+        candidate_layers=tuple(c if 0 < c < 1 else int(c) for c in config.candidate_layers),
+        mask_ratios=tuple(config.mask_ratios),
+        probe_c=config.probe_c,
+        min_test_positives=config.min_test_positives,
+        uncertainty_policy=policy,
+        views=config.views,
+        max_train_images=config.max_train_rows,
+        n_boot=config.n_boot,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+
+
+def _selection_path(ec: "EvalContext") -> Path:
+    return ec.out_dir("findings") / "layer_selection.json"
+
+
+def _selection_key(ec: "EvalContext", core: FindingsConfig) -> dict[str, Any]:
+    """What a layer choice depends on: the checkpoint, the data and the probe settings."""
+    return {
+        "checkpoint_hash": ec.manifest["content_hash"],
+        "token_shards": [Path(p).name for p in ec.shard_paths],
+        "layer": core.layer,
+        "candidate_layers": list(core.candidate_layers),
+        "probe_c": core.probe_c,
+        "min_test_positives": core.min_test_positives,
+        "uncertainty_policy": core.uncertainty_policy,
+        "views": core.views,
+        "max_train_images": core.max_train_images,
+        "seed": core.seed,
+    }
+
+
+def save_layer_selection(ec: "EvalContext", core: FindingsConfig, selection) -> None:
+    """Keep the findings task's layer choice for the other tasks of the checkpoint."""
+    from cxr.storage import write_json
+
+    write_json(
+        {"key": _selection_key(ec, core), "selection": selection.to_dict()}, _selection_path(ec)
+    )
+
+
+def chosen_layer(ec: "EvalContext", storage) -> tuple[int, str]:
+    """The layer the findings task chose on VALIDATE for this checkpoint, and where it came from.
+
+    Read from the latest findings evaluation of this checkpoint on these token shards (its
+    settings are in the saved key); when there is none, chosen here the same way with the
+    default findings settings (TRAIN probes, VALIDATE macro AUROC).
+    """
+    from evaluation.findings import LayerSelection, select_layer
+
+    core = findings_config(FindingsEvalConfig(), storage)
+    path = _selection_path(ec)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        key = _selection_key(ec, core)
+        if all(saved["key"].get(k) == key[k] for k in ("checkpoint_hash", "token_shards")):
+            return LayerSelection.from_dict(saved["selection"]).layer, "findings_eval"
+    from evaluation.findings import prepare_rows
+
+    train = prepare_rows(ec.split("train", core.max_train_images, by_patient=True), core, True)
+    validate = prepare_rows(ec.split("validate", FindingsEvalConfig().max_validate_rows), core)
+    selection, _ = select_layer(ec.model, ec.vocab, train, validate, core)
+    return selection.layer, f"chosen here on VALIDATE ({selection.status})"
 
 
 def finish(
@@ -251,7 +361,7 @@ def finish(
         "checkpoint_path": dg.MetadataValue.path(str(ec.ref.path)),
         "checkpoint_hash": ec.manifest["content_hash"][:16],
         "rows_written": written,
-        "skipped_rows": sum(1 for r in rows if r.status != "ok"),
+        "skipped_rows": sum(1 for r in rows if not r.status.startswith("ok")),
         "samples": dg.MetadataValue.path(str(samples_path)),
         "mlflow_run_id": mlflow_run_id,
         "eval_config_hash": config_hash,
@@ -282,16 +392,16 @@ def _guard(fn: Callable[[], dg.MaterializeResult], key: str, task: str) -> dg.Ma
 _ASSET_KW = dict(
     group_name=EVAL_GROUP,
     partitions_def=checkpoints_partitions,
-    code_version="1",
+    code_version="2",
     kinds={"pytorch", "duckdb", "mlflow"},
 )
 
 
 @dg.asset(
-    deps=["token_shards", "vocabulary", *paths.TRAINING_POINTERS],
+    deps=["token_shards", "vocabulary", "finding_labels", *paths.TRAINING_POINTERS],
     description="Findings AUROC per CheXpert observation and macro, image tokens masked "
-    "0-80%, linear probes on the checkpoint's hidden states vs a bag-of-codes baseline; "
-    "patient-bootstrap 95% CIs.",
+    "0-80%, linear probes on the checkpoint's hidden states (layer chosen on VALIDATE) vs a "
+    "bag-of-codes baseline; patient-bootstrap 95% CIs.",
     **_ASSET_KW,
 )
 def findings_eval(
@@ -303,33 +413,32 @@ def findings_eval(
     """Probe AUROC under image-token masking for one checkpoint."""
 
     def run() -> dg.MaterializeResult:
-        from evaluation.findings import FindingsConfig, run_findings
+        from evaluation.findings import run_findings
 
         ec = EvalContext(context, config, storage)
-        train = ec.split("train", config.max_train_rows)
+        core = findings_config(config, storage)
+        train = ec.split("train", config.max_train_rows, by_patient=True)
+        validate = None  # needed only to choose the layer
+        if core.layer is None:
+            validate = ec.split("validate", config.max_validate_rows)
         test = ec.split("test", config.max_test_rows)
-        layer = config.layer if 0 < config.layer < 1 else int(config.layer)
-        result = run_findings(
-            ec.model,
-            ec.vocab,
-            train,
-            test,
-            FindingsConfig(
-                layer=layer,
-                mask_ratios=tuple(config.mask_ratios),
-                probe_c=config.probe_c,
-                min_test_positives=config.min_test_positives,
-                n_boot=config.n_boot,
-                batch_size=config.batch_size,
-                seed=config.seed,
-            ),
-        )
+        result = run_findings(ec.model, ec.vocab, train, test, core, validate=validate)
+        selection = result.selection
+        save_layer_selection(ec, core, selection)
         from evaluation.plots import auroc_by_ratio_png, roc_curves_png
 
         previews = {
             "auroc_vs_mask_ratio": auroc_by_ratio_png(rows_frame(result.rows, ec.key)),
             "roc_curves": roc_curves_png(result.samples, "model", 0.0),
         }
+        candidates = [
+            {
+                "layer": layer,
+                "validate macro AUROC": "-" if value is None else f"{value:.3f}",
+                "chosen": "yes" if layer == selection.layer else "",
+            }
+            for layer, value in sorted(selection.validate_scores.items())
+        ]
         return finish(
             context,
             ec,
@@ -337,12 +446,19 @@ def findings_eval(
             result.rows,
             result.samples,
             mlflow_tracking,
-            ["token_shards", "vocabulary"],
+            ["token_shards", "vocabulary", "finding_labels"],
             previews,
             {
-                "train_images": len(train),
+                "train_images": int(result.curves["train_images"][0]),
+                "validate_images": selection.validate_images,
                 "test_images": len(test),
-                "layer": int(result.curves["layer"][0]),
+                "layer": selection.layer,
+                "layer_selection": selection.status,
+                "layer_candidates": dg.MetadataValue.md(
+                    markdown_table(candidates, ["layer", "validate macro AUROC", "chosen"])
+                ),
+                "uncertainty_policy": core.uncertainty_policy,
+                "views": core.views,
             },
         )
 
@@ -415,10 +531,18 @@ def inpainting_eval(
 
 
 @dg.asset(
-    deps=["token_shards", "vocabulary", "text_tokenizer", *paths.TRAINING_POINTERS],
+    # after findings_eval, whose layer choice the feature baseline reuses
+    deps=[
+        "token_shards",
+        "vocabulary",
+        "text_tokenizer",
+        "findings_eval",
+        *paths.TRAINING_POINTERS,
+    ],
     description="Greedy report generation after the image prompt (KV cache, batched): BLEU-4, "
     "ROUGE-L, CheXpert-labeler clinical F1 (micro/macro), GREEN when a local judge is "
-    "configured; nearest-TRAIN-report baselines.",
+    "configured; nearest-TRAIN-report baselines (code histograms; model features at the layer "
+    "findings chose on VALIDATE).",
     **_ASSET_KW,
 )
 def report_generation_eval(
@@ -437,6 +561,7 @@ def report_generation_eval(
         train = ec.split("train", config.max_train_rows)
         test = ec.split("test", config.max_test_rows)
         tokenizer = load_tokenizer(storage.path(*paths.TEXT_TOKENIZER_DIR))
+        layer, layer_source = chosen_layer(ec, storage)
 
         def decode(ids: list[int]) -> str:
             return tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -454,6 +579,7 @@ def report_generation_eval(
                 n_boot=config.n_boot,
                 seed=config.seed,
                 green_model_path=config.green_model_path,
+                feature_layer=layer,
             ),
         )
         examples = result.samples.filter(result.samples["method"] == "model").head(3)
@@ -473,7 +599,12 @@ def report_generation_eval(
             mlflow_tracking,
             ["token_shards", "vocabulary", "text_tokenizer"],
             None,
-            {"test_images": len(test), "examples": dg.MetadataValue.md(table)},
+            {
+                "test_images": len(test),
+                "feature_layer": layer,
+                "feature_layer_source": layer_source,
+                "examples": dg.MetadataValue.md(table),
+            },
         )
 
     return _guard(run, context.partition_key, "report_generation")
@@ -482,7 +613,7 @@ def report_generation_eval(
 @dg.asset(
     deps=["token_shards", "vocabulary", *paths.TRAINING_POINTERS],
     description="Image <-> report retrieval over TEST: Recall@1/5/10 both ways, scored by "
-    "log p(report | image) - log p(report | masked image) (PMI), hits counted by study.",
+    "log p(report | image) minus each report's mean over TEST images (PMI), hits by study.",
     **_ASSET_KW,
 )
 def retrieval_eval(
@@ -505,6 +636,7 @@ def retrieval_eval(
             RetrievalConfig(
                 max_text_tokens=ec.max_text_tokens,
                 report_batch_size=config.report_batch_size,
+                prior=config.prior,
                 n_boot=config.n_boot,
                 seed=config.seed,
             ),

@@ -18,12 +18,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr.labeler import OBSERVATIONS
+from cxr.labeler import OBSERVATIONS, UNCERTAINTY_POLICIES
 from cxr.token_shards import LABEL_COLUMNS
 from models.lm_data import iter_token_rows
 from models.vocabulary import Vocabulary
 
-ROW_COLUMNS = ("image_id", "study_id", "patient_id", "image_codes", "text_ids", *LABEL_COLUMNS)
+ROW_COLUMNS = (
+    "image_id",
+    "study_id",
+    "patient_id",
+    "is_frontal",
+    "image_codes",
+    "text_ids",
+    *LABEL_COLUMNS,
+)
+
+#: How an uncertain mention (-1) becomes an evaluation target follows the policies of
+#: ``cxr.labeler.UNCERTAINTY_POLICIES``, which also make the ``finding_labels`` training
+#: targets, so evaluation scores the labels as they were trained. ``u_ones``: positive
+#: (CheXpert's U-Ones, the default); ``u_zeros``: negative; ``ignore``: the image is left out of
+#: that observation only. Not mentioned is negative under every policy.
+DEFAULT_UNCERTAINTY_POLICY = "u_ones"
+VIEWS = ("frontal", "all")
 
 
 @dataclass
@@ -36,8 +52,10 @@ class EvalRows:
         patient_ids: (M,) patient pseudonyms (bootstrap resampling unit).
         codes: int64 (M, N) raw image codes.
         text_ids: M report id lists (without specials).
-        labels: float32 (M, 14) CheXpert labels in ``OBSERVATIONS`` order, NaN = not mentioned.
+        labels: float32 (M, 14) raw CheXpert labels in ``OBSERVATIONS`` order (1 positive,
+            0 negative, -1 uncertain), NaN = not mentioned.
         total_rows: Rows of the split before the cap.
+        is_frontal: bool (M,) frontal view (PA/AP); None = unknown (all taken as frontal).
     """
 
     image_ids: list[str]
@@ -47,6 +65,7 @@ class EvalRows:
     text_ids: list[list[int]]
     labels: np.ndarray
     total_rows: int
+    is_frontal: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -55,6 +74,23 @@ class EvalRows:
     def positives(self) -> np.ndarray:
         """Bool (M, 14): the observation is positive (uncertain and absent count as negative)."""
         return self.labels == 1.0
+
+    def targets(self, policy: str = DEFAULT_UNCERTAINTY_POLICY) -> np.ndarray:
+        """Float32 (M, 14) evaluation targets: 1 / 0, NaN = left out of that observation.
+
+        Positive is 1, negative and not mentioned are 0, uncertain follows ``policy`` (see
+        ``UNCERTAINTY_POLICIES``), exactly as ``cxr.labeler.apply_uncertainty_policy`` maps
+        the training targets (except that not mentioned counts as negative here).
+        """
+        return uncertainty_targets(self.labels, policy)
+
+    def views(self, views: str) -> EvalRows:
+        """The rows of ``views``: ``frontal`` (PA/AP images only) or ``all``."""
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
+        if views == "all" or self.is_frontal is None:
+            return self
+        return self.subset(np.flatnonzero(self.is_frontal))
 
     def subset(self, index: np.ndarray | Sequence[int]) -> EvalRows:
         """Rows at ``index`` (in that order)."""
@@ -67,7 +103,61 @@ class EvalRows:
             text_ids=[self.text_ids[i] for i in index],
             labels=self.labels[index],
             total_rows=self.total_rows,
+            is_frontal=None if self.is_frontal is None else self.is_frontal[index],
         )
+
+
+def uncertainty_targets(labels: np.ndarray, policy: str) -> np.ndarray:
+    """Raw labels (1 / 0 / -1 / NaN) -> targets (1 / 0 / NaN = excluded) under ``policy``."""
+    if policy not in UNCERTAINTY_POLICIES:
+        raise ValueError(
+            f"uncertainty policy must be one of {UNCERTAINTY_POLICIES}, got {policy!r}"
+        )
+    labels = np.asarray(labels, dtype=np.float32)
+    uncertain = {"u_ones": 1.0, "u_zeros": 0.0, "ignore": np.nan}[policy]
+    out = np.where(labels == 1.0, 1.0, 0.0).astype(np.float32)
+    out[labels == -1.0] = uncertain
+    return out
+
+
+def policy_of_labels(labels_path: str | Path) -> str | None:
+    """The uncertainty policy ``finding_labels`` built its ``target_*`` columns with.
+
+    Read off the first uncertain mention (raw -1) and its training target (1: ``u_ones``,
+    0: ``u_zeros``, null: ``ignore``); None when no mention is uncertain.
+    """
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(labels_path)
+    columns = [c for c in LABEL_COLUMNS if f"target_{c}" in file.schema_arrow.names]
+    for batch in file.iter_batches(
+        batch_size=8192, columns=[*columns, *(f"target_{c}" for c in columns)]
+    ):
+        for c in columns:
+            raw = batch.column(c).to_numpy(zero_copy_only=False)
+            hits = np.flatnonzero(raw == -1.0)
+            if hits.size:
+                target = batch.column(f"target_{c}")[int(hits[0])].as_py()
+                return {1.0: "u_ones", 0.0: "u_zeros", None: "ignore"}[target]
+    return None
+
+
+def patient_subset(rows: EvalRows, max_images: int | None, salt: str = "eval-train") -> EvalRows:
+    """At most ``max_images`` rows, whole patients first, the same ones on every run.
+
+    Patients are taken in the order of ``sha256(salt|patient_id)`` until the cap; only the last
+    patient may be cut. Used to bound probe fitting on TRAIN whatever the TRAIN size.
+    """
+    if max_images is None or len(rows) <= max_images:
+        return rows
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: (
+            _selection_key(rows.patient_ids[i], salt),
+            _selection_key(rows.image_ids[i], salt),
+        ),
+    )
+    return rows.subset(sorted(order[:max_images]))
 
 
 def _selection_key(image_id: str, salt: str) -> int:
@@ -79,6 +169,7 @@ def load_split(
     split: str,
     max_rows: int | None = None,
     salt: str = "eval",
+    by_patient: bool = False,
 ) -> EvalRows:
     """Stream ``split`` from the token shards, keeping at most ``max_rows`` rows.
 
@@ -88,14 +179,23 @@ def load_split(
         max_rows: Cap (None: all rows). The kept rows are those with the smallest
             ``sha256(salt|image_id)``: a stable, unbiased sample held in a bounded heap.
         salt: Selection salt.
+        by_patient: Rank by ``sha256(salt|patient_id)`` first, so the cap keeps whole
+            patients (only the last one may be cut): a patient-level subset.
 
     Raises:
-        ValueError: The split has no rows.
+        ValueError: The split has no rows, or is not a split name.
     """
-    heap: list[tuple[int, int, dict[str, Any]]] = []  # (-key, order, row): a max-heap on key
+    from cxr.splits import SPLITS
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    heap: list[tuple[tuple[int, ...], int, dict[str, Any]]] = []  # max-heap on the key
     total = 0
     for total, row in enumerate(iter_token_rows(shard_paths, split, columns=ROW_COLUMNS), 1):
-        item = (-_selection_key(row["image_id"], salt), total, row)
+        key = (_selection_key(row["image_id"], salt),)
+        if by_patient:
+            key = (_selection_key(row["patient_id"], salt), *key)
+        item = (tuple(-k for k in key), total, row)
         if max_rows is None or len(heap) < max_rows:
             heapq.heappush(heap, item)
         elif item[0] > heap[0][0]:
@@ -115,6 +215,7 @@ def load_split(
         text_ids=[list(map(int, r["text_ids"])) for r in rows],
         labels=labels,
         total_rows=total,
+        is_frontal=np.array([bool(r.get("is_frontal", True)) for r in rows], dtype=bool),
     )
 
 

@@ -1,11 +1,15 @@
 """Image features: the transformer's hidden states over image positions, or a code histogram.
 
 CheXmix classifies findings from the mean of one layer's hidden states over the image-token
-positions (early-middle layers work best). Because attention is causal and the image comes
-first, those states depend on the image tokens only, so only ``<|img|> codes <|/img|>`` is fed.
+positions (early-middle layers work best; the benchmark chooses among ``candidate_layers`` on
+VALIDATE, all of them taken from one forward pass). Because attention is causal and the image
+comes first, those states depend on the image tokens only, so only ``<|img|> codes <|/img|>``
+is fed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,13 +19,23 @@ from evaluation.data import batches, image_prefix_ids
 from models.early_fusion import unwrap_model
 from models.vocabulary import Vocabulary
 
+#: Models with at most this many blocks have every layer as a candidate.
+SMALL_MODEL_LAYERS = 12
+#: Depth fractions of the candidate band of deeper models: 7-12 of 32 blocks (CheXmix).
+DEFAULT_LAYER_BAND = (0.22, 0.375)
 
-def resolve_layer(layer: int | float, num_layers: int) -> int:
+
+def resolve_layer(layer: int | float | None, num_layers: int) -> int:
     """A hidden-state index in [1, num_layers] from an index or a depth fraction.
 
     ``layer`` >= 1 is taken as is (1 = output of the first block); a float in (0, 1) is a
-    fraction of the depth (CheXmix's 7-12 of 32 is about 0.3), rounded, at least 1.
+    fraction of the depth (CheXmix's 7-12 of 32 is about 0.3), rounded, at least 1. None (the
+    findings default, where the layer is chosen on VALIDATE) gives the middle default candidate,
+    for callers that need one representative layer without VALIDATE (timing, the fallback).
     """
+    if layer is None:
+        candidates = candidate_layers((), num_layers)
+        return candidates[len(candidates) // 2]
     if isinstance(layer, float) and 0.0 < layer < 1.0:
         return max(1, round(layer * num_layers))
     layer = int(layer)
@@ -30,7 +44,61 @@ def resolve_layer(layer: int | float, num_layers: int) -> int:
     return layer
 
 
+def candidate_layers(candidates: Sequence[int | float], num_layers: int) -> list[int]:
+    """The hidden-state indices to choose among on VALIDATE.
+
+    Args:
+        candidates: Layers (indices >= 1 or depth fractions); empty: every layer of a model of
+            at most ``SMALL_MODEL_LAYERS`` blocks, otherwise the early-middle band
+            ``DEFAULT_LAYER_BAND`` of the depth (7-12 of 32 for RadPhi-2, as CheXmix advises).
+        num_layers: Transformer blocks.
+
+    Returns:
+        Sorted distinct indices in [1, num_layers].
+    """
+    if not candidates:
+        if num_layers <= SMALL_MODEL_LAYERS:
+            return list(range(1, num_layers + 1))
+        low, high = (resolve_layer(f, num_layers) for f in DEFAULT_LAYER_BAND)
+        return list(range(low, high + 1))
+    return sorted({resolve_layer(c, num_layers) for c in candidates})
+
+
 @torch.no_grad()
+def hidden_state_features_by_layer(
+    model: nn.Module,
+    codes: np.ndarray,
+    masks: np.ndarray | None,
+    vocab: Vocabulary,
+    layers: Sequence[int],
+    batch_size: int = 32,
+) -> dict[int, np.ndarray]:
+    """Mean hidden state over the image-code positions of several layers, one forward pass.
+
+    Args:
+        model: A ``PhiForCausalLM`` (or a wrapper).
+        codes: int (M, N) raw codes.
+        masks: bool (M, N) positions replaced by the mask id, or None.
+        vocab: Id layout.
+        layers: Hidden-state indices (0 = embeddings, k = output of block k).
+        batch_size: Images per forward pass.
+
+    Returns:
+        Layer -> float32 (M, hidden).
+    """
+    core = unwrap_model(model)
+    device = next(core.parameters()).device
+    out: dict[int, list[np.ndarray]] = {int(k): [] for k in layers}
+    for part in batches(len(codes), batch_size):
+        ids = image_prefix_ids(codes[part], None if masks is None else masks[part], vocab)
+        states = core(
+            input_ids=ids.to(device), output_hidden_states=True, use_cache=False
+        ).hidden_states
+        for layer, chunks in out.items():
+            chunks.append(states[layer][:, 1:-1].float().mean(dim=1).cpu().numpy())
+    return {layer: np.concatenate(chunks).astype(np.float32) for layer, chunks in out.items()}
+
+
 def hidden_state_features(
     model: nn.Module,
     codes: np.ndarray,
@@ -52,16 +120,7 @@ def hidden_state_features(
     Returns:
         float32 (M, hidden).
     """
-    core = unwrap_model(model)
-    device = next(core.parameters()).device
-    out = []
-    for part in batches(len(codes), batch_size):
-        ids = image_prefix_ids(codes[part], None if masks is None else masks[part], vocab)
-        states = core(
-            input_ids=ids.to(device), output_hidden_states=True, use_cache=False
-        ).hidden_states[layer]
-        out.append(states[:, 1:-1].float().mean(dim=1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
+    return hidden_state_features_by_layer(model, codes, masks, vocab, [layer], batch_size)[layer]
 
 
 def code_histograms(codes: np.ndarray, masks: np.ndarray | None, codebook_size: int) -> np.ndarray:

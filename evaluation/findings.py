@@ -1,10 +1,20 @@
 """Findings classification under image-token masking (CheXmix's discriminative benchmark).
 
-Per mask ratio, a fixed fraction of each image's tokens is replaced by the mask id (seeded per
-image), features are taken from the model (mean hidden state over image positions at a layer),
-one logistic-regression probe per CheXpert observation is fitted on TRAIN features of the same
-ratio and scored on TEST: AUROC per observation and macro, with patient-bootstrap intervals.
-Baseline in the same table: the same probe on a bag-of-image-codes histogram (no transformer).
+Protocol (nothing looks at TEST to choose anything):
+
+1. **Layer, chosen on VALIDATE.** For every candidate layer (all layers of a small model, the
+   early-middle band of a deep one; ``features.candidate_layers``) features are the mean hidden
+   state over the image positions, taken in ONE forward pass per image. One logistic-regression
+   probe per CheXpert observation is fitted on TRAIN features and scored on VALIDATE without
+   masking; the layer with the best VALIDATE macro AUROC wins (ties: the shallower layer).
+2. **TEST, once.** Per mask ratio, a fixed fraction of each image's tokens is replaced by the mask
+   id (seeded per image), probes are fitted on TRAIN features of the same ratio at the chosen
+   layer and scored on TEST: AUROC per observation and macro, with patient-bootstrap intervals.
+
+Targets follow one uncertainty policy (``data.uncertainty_targets``, the ``finding_labels``
+policies); an observation is scored only with ``min_test_positives`` positive and as many
+negative PATIENTS. TRAIN is capped at a deterministic patient-level subset. Baseline in the same
+table: the same probe on a bag-of-image-codes histogram (no transformer).
 """
 
 from __future__ import annotations
@@ -17,9 +27,19 @@ import polars as pl
 from torch import nn
 
 from cxr.labeler import OBSERVATIONS
-from evaluation import DEFAULT_LAYER
-from evaluation.data import EvalRows, mask_positions
-from evaluation.features import code_histograms, hidden_state_features
+from evaluation.data import (
+    DEFAULT_UNCERTAINTY_POLICY,
+    EvalRows,
+    mask_positions,
+    patient_subset,
+)
+from evaluation.features import (
+    candidate_layers,
+    code_histograms,
+    hidden_state_features,
+    hidden_state_features_by_layer,
+    resolve_layer,
+)
 from evaluation.results import MetricRow
 from evaluation.stats import auroc, interval, resample_indices
 from models.vocabulary import Vocabulary
@@ -32,32 +52,87 @@ class FindingsConfig:
     """Settings of the findings benchmark.
 
     Attributes:
-        layer: Hidden-state index (>= 1) or a depth fraction in (0, 1).
+        layer: None (default): the layer is chosen on VALIDATE among ``candidate_layers``.
+            A hidden-state index (>= 1) or a depth fraction in (0, 1) fixes it instead.
+        candidate_layers: Layers to choose among (indices or depth fractions); empty: every
+            layer of a model of at most 12 blocks, else the 7-12-of-32 band of the depth.
         mask_ratios: Fractions of image tokens masked (same masks for every checkpoint).
         probe_c: Inverse L2 strength of the logistic-regression probe.
-        min_test_positives: An observation enters the table (and the macro) only with at least
-            this many positive and this many negative TEST images.
+        min_test_positives: An observation is scored (in TEST, and in VALIDATE for the layer
+            choice) only with at least this many positive and this many negative PATIENTS.
+        uncertainty_policy: Target of an uncertain mention: ``u_ones`` (positive, default),
+            ``u_zeros`` (negative) or ``ignore`` (left out of that observation).
+        views: ``frontal`` (PA/AP images only, default) or ``all``.
+        max_train_images: TRAIN images the probes are fitted on (a deterministic patient-level
+            subset beyond it), so evaluation cost does not grow with TRAIN; None: all.
         n_boot: Bootstrap resamples for the intervals.
         batch_size: Images per forward pass.
         seed: Masking and bootstrap seed.
     """
 
-    layer: int | float = DEFAULT_LAYER
+    layer: int | float | None = None
+    candidate_layers: Sequence[int | float] = ()
     mask_ratios: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8)
     probe_c: float = 0.5
     min_test_positives: int = 3
+    uncertainty_policy: str = DEFAULT_UNCERTAINTY_POLICY
+    views: str = "frontal"
+    max_train_images: int | None = 20000
     n_boot: int = 500
     batch_size: int = 32
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class LayerSelection:
+    """Which layer the TEST scores use, and why.
+
+    Attributes:
+        layer: The chosen hidden-state index.
+        validate_scores: Candidate layer -> VALIDATE macro AUROC (None: not defined).
+        status: ``chosen on validate``, ``fixed by config`` or ``fallback: <reason>``.
+        validate_images: VALIDATE images behind the scores.
+    """
+
+    layer: int
+    validate_scores: dict[int, float | None]
+    status: str
+    validate_images: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form (for metadata and caches)."""
+        return {
+            "layer": self.layer,
+            "validate_scores": {str(k): v for k, v in self.validate_scores.items()},
+            "status": self.status,
+            "validate_images": self.validate_images,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LayerSelection:
+        """Inverse of ``to_dict``."""
+        return cls(
+            int(data["layer"]),
+            {int(k): v for k, v in data["validate_scores"].items()},
+            str(data["status"]),
+            int(data.get("validate_images", 0)),
+        )
+
+
 @dataclass
 class FindingsResult:
-    """Metric rows and per-sample probe scores (long format)."""
+    """Metric rows, per-sample probe scores (long format) and the layer selection."""
 
     rows: list[MetricRow]
     samples: pl.DataFrame
     curves: dict[str, list[float]] = field(default_factory=dict)
+    selection: LayerSelection | None = None
+
+
+def prepare_rows(rows: EvalRows, config: FindingsConfig, cap: bool = False) -> EvalRows:
+    """The findings task's rows: the configured views, TRAIN capped at whole patients."""
+    rows = rows.views(config.views)
+    return patient_subset(rows, config.max_train_images) if cap else rows
 
 
 def masks_for(rows: EvalRows, ratio: float, seed: int) -> np.ndarray | None:
@@ -88,6 +163,67 @@ def fit_probe_scores(
     return probe.predict_proba(test_x)[:, 1]
 
 
+def _masked_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC over the samples whose target is defined (NaN targets are left out)."""
+    keep = np.isfinite(y)
+    return auroc(y[keep], s[keep])
+
+
+def _class_patients(target: np.ndarray, patients: Sequence[str]) -> tuple[int, int]:
+    """Distinct patients with a positive image, and with a negative image."""
+    patients = np.asarray(patients)
+    return len(set(patients[target == 1.0])), len(set(patients[target == 0.0]))
+
+
+def probe_scores(
+    train_x: np.ndarray,
+    train_t: np.ndarray,
+    eval_x: np.ndarray,
+    eval_t: np.ndarray,
+    eval_patients: Sequence[str],
+    config: FindingsConfig,
+) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Probe scores on the evaluated rows for every observation that can be scored.
+
+    Args:
+        train_x: float (M, D) TRAIN features.
+        train_t: float (M, 14) TRAIN targets (NaN = left out).
+        eval_x: float (E, D) features of the rows scored (VALIDATE or TEST).
+        eval_t: float (E, 14) their targets.
+        eval_patients: E patient ids.
+        config: Settings (``min_test_positives``, ``probe_c``, ``seed``).
+
+    Returns:
+        Observation index -> float (E,) scores, and observation index -> skip reason.
+    """
+    scores: dict[int, np.ndarray] = {}
+    skipped: dict[int, str] = {}
+    for k in range(len(OBSERVATIONS)):
+        n_pos, n_neg = _class_patients(eval_t[:, k], eval_patients)
+        if min(n_pos, n_neg) < config.min_test_positives:
+            skipped[k] = (
+                f"skipped: {n_pos} positive / {n_neg} negative patients "
+                f"(< {config.min_test_positives})"
+            )
+            continue
+        keep = np.isfinite(train_t[:, k])
+        s = fit_probe_scores(train_x[keep], train_t[keep, k], eval_x, config.probe_c, config.seed)
+        if s is None:
+            skipped[k] = "skipped: one class only in the train split"
+            continue
+        scores[k] = s
+    return scores, skipped
+
+
+def macro_auroc(targets: np.ndarray, scores: dict[int, np.ndarray], index: np.ndarray) -> float:
+    """Mean AUROC over the scored observations defined on the samples ``index``.
+
+    A resample that happens to draw no positive of a rare observation still counts the others.
+    """
+    values = np.array([_masked_auroc(targets[index, k], s[index]) for k, s in scores.items()])
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
 def evaluate_features(
     method: str,
     ratio: float,
@@ -96,17 +232,23 @@ def evaluate_features(
     test_x: np.ndarray,
     test: EvalRows,
     config: FindingsConfig,
+    layer: int | None = None,
 ) -> tuple[list[MetricRow], pl.DataFrame]:
-    """Per-observation and macro AUROC of probes on one feature set."""
-    train_y, test_y = train.positives, test.positives
+    """Per-observation and macro AUROC of probes on one feature set.
+
+    ``layer`` (the model's hidden state, None for a baseline) becomes the rows' setting.
+    """
+    train_t = train.targets(config.uncertainty_policy)
+    test_t = test.targets(config.uncertainty_policy)
+    setting = "" if layer is None else f"layer {layer}"
     resamples = resample_indices(test.patient_ids, config.n_boot, config.seed)
+    scores, skipped = probe_scores(train_x, train_t, test_x, test_t, test.patient_ids, config)
     rows: list[MetricRow] = []
-    scores: dict[int, np.ndarray] = {}
     samples = []
     for k, observation in enumerate(OBSERVATIONS):
-        n_pos = int(test_y[:, k].sum())
-        n_neg = len(test) - n_pos
-        if min(n_pos, n_neg) < config.min_test_positives:
+        y = test_t[:, k]
+        keep = np.isfinite(y)
+        if k in skipped:
             rows.append(
                 MetricRow(
                     TASK,
@@ -115,30 +257,16 @@ def evaluate_features(
                     None,
                     observation,
                     ratio,
-                    n=len(test),
-                    status=f"skipped: {n_pos} positive / {n_neg} negative test images "
-                    f"(< {config.min_test_positives})",
+                    setting=setting,
+                    n=int(keep.sum()),
+                    status=skipped[k],
                 )
             )
             continue
-        s = fit_probe_scores(train_x, train_y[:, k], test_x, config.probe_c, config.seed)
-        if s is None:
-            rows.append(
-                MetricRow(
-                    TASK,
-                    method,
-                    "auroc",
-                    None,
-                    observation,
-                    ratio,
-                    n=len(test),
-                    status="skipped: one class only in the train split",
-                )
-            )
-            continue
-        scores[k] = s
-        y = test_y[:, k]
-        est = interval(auroc(y, s), [auroc(y[i], s[i]) for i in resamples], len(test))
+        s = scores[k]
+        est = interval(
+            _masked_auroc(y, s), [_masked_auroc(y[i], s[i]) for i in resamples], int(keep.sum())
+        )
         rows.append(
             MetricRow(
                 TASK,
@@ -147,6 +275,7 @@ def evaluate_features(
                 est.value,
                 observation,
                 ratio,
+                setting=setting,
                 ci_low=est.ci_low,
                 ci_high=est.ci_high,
                 n=est.n,
@@ -155,25 +284,24 @@ def evaluate_features(
         samples.append(
             pl.DataFrame(
                 {
-                    "image_id": test.image_ids,
-                    "patient_id": test.patient_ids,
+                    "image_id": np.asarray(test.image_ids)[keep],
+                    "patient_id": np.asarray(test.patient_ids)[keep],
                     "method": method,
+                    "layer": layer or 0,
                     "mask_ratio": ratio,
                     "observation": observation,
-                    "label": y.astype(np.int8),
-                    "score": s.astype(np.float32),
-                }
+                    "label": y[keep].astype(np.int8),
+                    "score": s[keep].astype(np.float32),
+                },
+                schema_overrides={"layer": pl.Int16},
             )
         )
     if scores:
-
-        def macro(i: np.ndarray) -> float:
-            # mean over the scored observations defined in this (re)sample: a resample that
-            # happens to draw no positive of a rare observation still counts the others
-            values = np.array([auroc(test_y[i, k], s[i]) for k, s in scores.items()])
-            return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-
-        est = interval(macro(np.arange(len(test))), [macro(i) for i in resamples], len(test))
+        est = interval(
+            macro_auroc(test_t, scores, np.arange(len(test))),
+            [macro_auroc(test_t, scores, i) for i in resamples],
+            len(test),
+        )
         rows.append(
             MetricRow(
                 TASK,
@@ -182,10 +310,11 @@ def evaluate_features(
                 est.value,
                 "",
                 ratio,
-                setting=f"{len(scores)} observations",
+                setting=setting,
                 ci_low=est.ci_low,
                 ci_high=est.ci_high,
                 n=est.n,
+                status=f"ok: {len(scores)} observations",
             )
         )
     else:
@@ -197,12 +326,88 @@ def evaluate_features(
                 None,
                 "",
                 ratio,
+                setting=setting,
                 n=len(test),
-                status="skipped: no observation has enough positive and negative test images",
+                status="skipped: no observation has enough positive and negative test patients",
             )
         )
     frame = pl.concat(samples) if samples else pl.DataFrame()
     return rows, frame
+
+
+def select_layer(
+    model: nn.Module,
+    vocab: Vocabulary,
+    train: EvalRows,
+    validate: EvalRows | None,
+    config: FindingsConfig,
+) -> tuple[LayerSelection, dict[int, np.ndarray]]:
+    """The layer whose TRAIN-fitted probes score best on VALIDATE (no masking).
+
+    TEST is not an argument: nothing about it can influence the choice. ``train`` and
+    ``validate`` are used as given (``prepare_rows`` them first).
+
+    Returns:
+        The selection, and the unmasked TRAIN features of every layer computed (layer ->
+        (M, D)), so the caller does not extract them twice.
+    """
+    num_layers = int(model.config.num_hidden_layers)
+    if config.layer is not None:
+        layer = resolve_layer(config.layer, num_layers)
+        return LayerSelection(layer, {}, "fixed by config"), {}
+    if validate is None or len(validate) == 0:
+        raise ValueError(
+            "choosing the feature layer needs VALIDATE rows; got none (or set a fixed `layer`)"
+        )
+    layers = candidate_layers(config.candidate_layers, num_layers)
+    train_x = hidden_state_features_by_layer(
+        model, train.codes, None, vocab, layers, config.batch_size
+    )
+    val_x = hidden_state_features_by_layer(
+        model, validate.codes, None, vocab, layers, config.batch_size
+    )
+    train_t = train.targets(config.uncertainty_policy)
+    val_t = validate.targets(config.uncertainty_policy)
+    everything = np.arange(len(validate))
+    found: dict[int, float | None] = {}
+    for layer in layers:
+        scores, _ = probe_scores(
+            train_x[layer], train_t, val_x[layer], val_t, validate.patient_ids, config
+        )
+        value = macro_auroc(val_t, scores, everything) if scores else float("nan")
+        found[layer] = value if np.isfinite(value) else None
+    defined = {k: v for k, v in found.items() if v is not None}
+    if defined:
+        best = max(defined.values())
+        layer = min(k for k, v in defined.items() if v == best)  # ties: the shallower layer
+        status = "chosen on validate"
+    else:
+        layer = layers[len(layers) // 2]
+        status = (
+            "fallback: no observation has enough positive and negative VALIDATE patients; "
+            "middle candidate"
+        )
+    return LayerSelection(layer, found, status, len(validate)), train_x
+
+
+def selection_rows(selection: LayerSelection) -> list[MetricRow]:
+    """The candidates' VALIDATE macro AUROC as metric rows (metric ``validate_macro_auroc``)."""
+    return [
+        MetricRow(
+            TASK,
+            "model",
+            "validate_macro_auroc",
+            value,
+            "",
+            0.0,
+            setting=f"layer {layer}",
+            n=selection.validate_images,
+            status=("ok: chosen" if layer == selection.layer else "ok")
+            if value is not None
+            else "skipped: not defined on validate",
+        )
+        for layer, value in sorted(selection.validate_scores.items())
+    ]
 
 
 def run_findings(
@@ -211,51 +416,64 @@ def run_findings(
     train: EvalRows,
     test: EvalRows,
     config: FindingsConfig,
+    validate: EvalRows | None = None,
 ) -> FindingsResult:
     """The findings table for one checkpoint (``model``) and the bag-of-codes baseline.
 
     Args:
         model: The LM, or None for the baseline alone.
         vocab: Id layout.
-        train: TRAIN rows (probe fitting).
-        test: TEST rows (scoring).
+        train: TRAIN rows (probe fitting); capped to ``max_train_images`` whole patients.
+        test: TEST rows (scoring, once, at the chosen layer).
         config: Settings.
+        validate: VALIDATE rows (the layer choice); needed unless ``config.layer`` is set.
     """
-    from evaluation.features import resolve_layer
-
+    train = prepare_rows(train, config, cap=True)
+    test = prepare_rows(test, config)
     rows: list[MetricRow] = []
     frames = []
-    layer = None
+    selection = None
+    unmasked_train: dict[int, np.ndarray] = {}
     if model is not None:
-        layer = resolve_layer(config.layer, model.config.num_hidden_layers)
+        if validate is not None:
+            validate = prepare_rows(validate, config)
+        selection, unmasked_train = select_layer(model, vocab, train, validate, config)
+        rows.extend(selection_rows(selection))
     for ratio in config.mask_ratios:
         train_masks = masks_for(train, ratio, config.seed)
         test_masks = masks_for(test, ratio, config.seed + 1)
         feature_sets = [
             (
                 "bag_of_codes",
+                None,
                 code_histograms(train.codes, train_masks, vocab.codebook_size),
                 code_histograms(test.codes, test_masks, vocab.codebook_size),
             )
         ]
-        if model is not None:
-            feature_sets.append(
-                (
-                    "model",
-                    hidden_state_features(
-                        model, train.codes, train_masks, vocab, layer, config.batch_size
-                    ),
-                    hidden_state_features(
-                        model, test.codes, test_masks, vocab, layer, config.batch_size
-                    ),
+        if selection is not None:
+            layer = selection.layer
+            if train_masks is None and layer in unmasked_train:
+                train_x = unmasked_train[layer]
+            else:
+                train_x = hidden_state_features(
+                    model, train.codes, train_masks, vocab, layer, config.batch_size
                 )
+            test_x = hidden_state_features(
+                model, test.codes, test_masks, vocab, layer, config.batch_size
             )
-        for method, train_x, test_x in feature_sets:
+            feature_sets.append(("model", layer, train_x, test_x))
+        for method, layer, train_x, test_x in feature_sets:
             new_rows, frame = evaluate_features(
-                method, float(ratio), train_x, train, test_x, test, config
+                method, float(ratio), train_x, train, test_x, test, config, layer
             )
             rows.extend(new_rows)
             if frame.height:
                 frames.append(frame)
     samples = pl.concat(frames) if frames else pl.DataFrame()
-    return FindingsResult(rows, samples, {"layer": [float(layer or 0)]})
+    chosen = selection.layer if selection is not None else 0
+    return FindingsResult(
+        rows,
+        samples,
+        {"layer": [float(chosen)], "train_images": [float(len(train))]},
+        selection,
+    )

@@ -1,6 +1,7 @@
-"""The leaderboard: headline numbers of every checkpoint and baseline, as markdown tables.
+"""The leaderboard: paired differences first, then every checkpoint's and baseline's numbers.
 
-Built from ``eval_results`` only, so it can be rebuilt at any time without a model.
+Built from ``eval_comparisons`` and ``eval_results`` only, so it can be rebuilt at any time
+without a model.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ CREATE OR REPLACE VIEW leaderboard AS
 SELECT checkpoint_id, task, method, metric, mask_ratio, setting, value, ci_low, ci_high, n,
        eval_config_hash, code_version, recorded_at
 FROM eval_results
-WHERE observation = '' AND status LIKE 'ok%'
+WHERE observation = '' AND status LIKE 'ok%' AND metric NOT LIKE 'validate_%'
   AND (task <> 'inpainting' OR metric IN ('psnr_vs_original', 'psnr_vs_reconstruction',
                                           'masked_token_accuracy'))
 """
@@ -71,8 +72,81 @@ def task_table(results: pl.DataFrame, task: str, columns: list[tuple[str, str, f
     return "\n".join(lines)
 
 
-def build_markdown(results: pl.DataFrame) -> str:
-    """All four task tables (values with 95% patient-bootstrap CIs)."""
+#: Metrics of ``eval_comparisons`` shown in the leaderboard's paired table (all are stored).
+PAIRED_HEADLINES = {
+    "findings": ("macro_auroc",),
+    "inpainting": ("psnr_vs_reconstruction",),
+    "report_generation": ("rouge_l", "green"),
+    "retrieval": ("i2t_recall@5", "t2i_recall@5"),
+}
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def paired_table(comparisons: pl.DataFrame) -> str:
+    """Markdown: a - b with its paired 95% CI and the fraction of resamples where a - b <= 0."""
+    if comparisons.height == 0:
+        return "_no paired comparisons yet_"
+    order = {task: k for k, task in enumerate(PAIRED_HEADLINES)}
+    rows = comparisons.filter(
+        pl.any_horizontal(
+            [
+                (pl.col("task") == task) & pl.col("metric").is_in(list(metrics))
+                for task, metrics in PAIRED_HEADLINES.items()
+            ]
+        )
+    )
+    rows = rows.with_columns(
+        pl.col("task").replace_strict(order, default=len(order)).alias("_task"),
+        (pl.col("kind") == "baseline").alias("_baseline"),
+    ).sort(
+        ["_baseline", "_task", "checkpoint_a", "checkpoint_b", "metric", "setting", "mask_ratio"]
+    )
+    lines = [
+        "| a | b | task | metric | mask | setting | value a | value b | a - b [95% CI] "
+        "| P(a - b <= 0) | patients |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows.iter_rows(named=True):
+        b = r["checkpoint_b"] if r["kind"] == "checkpoint" else f"baseline: {r['checkpoint_b']}"
+        lines.append(
+            f"| {r['checkpoint_a']} | {b} | {r['task']} | {r['metric']} | {r['mask_ratio']:.0%} "
+            f"| {r['setting']} | {_number(r['value_a'])} | {_number(r['value_b'])} "
+            f"| {_cell(r['diff'], r['ci_low'], r['ci_high'])} | {_number(r['p_le_zero'], 3)} "
+            f"| {r['n_patients']} |"
+        )
+    return "\n".join(lines)
+
+
+def layer_table(results: pl.DataFrame) -> str:
+    """Markdown: each checkpoint's feature layer and the candidates' VALIDATE macro AUROC."""
+    rows = results.filter(
+        (pl.col("task") == "findings") & (pl.col("metric") == "validate_macro_auroc")
+    )
+    if rows.height == 0:
+        return "_no layer selection recorded_"
+    lines = [
+        "| checkpoint | chosen layer | VALIDATE macro AUROC per candidate layer |",
+        "|---|---|---|",
+    ]
+    for (checkpoint,), group in rows.sort("setting").group_by(
+        ["checkpoint_id"], maintain_order=True
+    ):
+        chosen = group.filter(pl.col("status") == "ok: chosen")["setting"].to_list()
+        cells = ", ".join(
+            f"{s.removeprefix('layer ')}: {_number(v)}"
+            for s, v in zip(group["setting"], group["value"], strict=True)
+        )
+        lines.append(
+            f"| {checkpoint} | {chosen[0].removeprefix('layer ') if chosen else '-'} | {cells} |"
+        )
+    return "\n".join(lines[:2] + sorted(lines[2:]))
+
+
+def build_markdown(results: pl.DataFrame, comparisons: pl.DataFrame | None = None) -> str:
+    """The paired table, the layer choices, then the four task tables (95% bootstrap CIs)."""
     ratios = sorted(results.filter(pl.col("task") == "findings")["mask_ratio"].unique().to_list())
     findings = task_table(
         results, "findings", [(f"macro AUROC @{r:.0%}", "macro_auroc", r, None) for r in ratios]
@@ -109,13 +183,21 @@ def build_markdown(results: pl.DataFrame) -> str:
     )
     return "\n\n".join(
         [
+            "### Paired comparisons (TEST; a - b on the same patient resamples)",
+            "Pairs: arms of one stage-1 family (later arm first: stage 2, stage 1 continued, "
+            "stage 1) and each checkpoint against its task's baselines. A CI above 0 and "
+            "P(a - b <= 0) near 0 mean a is better on these patients.",
+            paired_table(comparisons if comparisons is not None else pl.DataFrame()),
+            "### Feature layer (chosen on VALIDATE, best macro AUROC without masking)",
+            layer_table(results),
             "### Findings classification (macro AUROC, TEST, image tokens masked)",
             findings,
             "### Inpainting (one pass; PSNR dB vs the tokenizer's reconstruction)",
             inpainting,
             "### Report generation",
             report,
-            "### Retrieval (Recall@k, hits by study; model: PMI likelihood)",
+            "### Retrieval (Recall@k, hits by study; model: PMI, report prior = mean over TEST "
+            "images unless the setting says otherwise)",
             retrieval,
         ]
     )

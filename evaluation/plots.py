@@ -1,4 +1,4 @@
-"""PNG figures for the UI: AUROC vs mask ratio, ROC curves (matplotlib, Agg backend)."""
+"""PNG figures for the UI: AUROC vs mask ratio, paired differences, ROC curves (Agg backend)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,50 @@ def auroc_by_ratio_png(results: pl.DataFrame, metric: str = "macro_auroc") -> by
     ax.set_ylabel(metric.replace("_", " "))
     ax.legend(fontsize=7)
     ax.set_title("Findings classification under image masking")
+    return _png(plt, fig)
+
+
+def paired_difference_png(comparisons: pl.DataFrame, metric: str = "macro_auroc") -> bytes:
+    """Findings ``metric`` of stage 2 minus stage 1 continued vs mask ratio, with its band.
+
+    Every such pair in ``eval_comparisons`` is a line with its 95% paired interval as a band;
+    without a stage-1-continued arm, every checkpoint pair is drawn instead.
+
+    Args:
+        comparisons: ``eval_comparisons`` rows.
+        metric: Findings metric to draw.
+    """
+    if comparisons.height == 0:
+        return b""
+    rows = comparisons.filter(
+        (pl.col("task") == "findings")
+        & (pl.col("metric") == metric)
+        & (pl.col("kind") == "checkpoint")
+        & pl.col("diff").is_not_null()
+    )
+    ablation = rows.filter((pl.col("arm_a") == "stage2") & (pl.col("arm_b") == "stage1-continued"))
+    title = "stage 2 minus stage 1 continued (paired)"
+    if ablation.height:
+        rows = ablation
+    else:
+        title = "checkpoint pairs, a minus b (paired)"
+    if rows.height == 0:
+        return b""
+    plt, fig, ax = _figure()
+    for (a, b), group in rows.sort("mask_ratio").group_by(
+        ["checkpoint_a", "checkpoint_b"], maintain_order=True
+    ):
+        x = group["mask_ratio"].to_numpy()
+        y = group["diff"].to_numpy()
+        low = group["ci_low"].fill_null(np.nan).to_numpy()
+        high = group["ci_high"].fill_null(np.nan).to_numpy()
+        (line,) = ax.plot(x, y, "o-", markersize=4, label=f"{a} - {b}")
+        ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("fraction of image tokens masked")
+    ax.set_ylabel(f"difference in {metric.replace('_', ' ')}")
+    ax.legend(fontsize=6)
+    ax.set_title(title)
     return _png(plt, fig)
 
 

@@ -1,12 +1,23 @@
 """Image <-> report retrieval over the TEST set, scored by the model's likelihood.
 
-Score of report r for image i: ``log p(r | i) - log p(r | all image tokens masked)``, the
-pointwise mutual information. The conditional term ranks images for a report (text -> image);
-subtracting the image-blind term removes each report's prior, without which image -> text would
-return the most generic report for every image (for text -> image the prior is a constant, so
-the ranking is exactly the likelihood ranking). ``log p(r | i)`` sums the report tokens and the
-closing ``<|img|>``; the image prefix is run once per image and its KV cache reused for every
-candidate report.
+Score of report r for image i: ``log p(r | i) - prior(r)``, a pointwise mutual information.
+The conditional term ranks images for a report (text -> image); subtracting each report's prior
+stops image -> text from returning the most generic report for every image (for text -> image
+the prior is a constant per report, so the ranking is exactly the likelihood ranking).
+
+Two priors (``RetrievalConfig.prior``):
+
+* ``mean_image`` (default): the mean over the TEST images of ``log p(r | image)``, i.e. each
+  report's column of the score matrix is centred. Every checkpoint computes it from the same
+  in-distribution inputs it scores anyway (no extra forward pass), so arms stay comparable.
+* ``masked_image``: ``log p(r | all image tokens = mask id)``. Only arms trained with masked
+  inputs (stage 2) have seen the mask id; for the others that prefix is out of distribution,
+  which tilts a comparison towards stage 2. Kept as an option.
+
+A model that ignores the image gives every (image, report) pair the same score under the
+default prior, so it ranks at chance. ``log p(r | i)`` sums the report tokens and the closing
+``<|img|>``; the image prefix is run once per image and its KV cache reused for every candidate
+report.
 
 Candidates are one report per TEST study; a hit is counted by study (an image retrieves its
 study's report; a report retrieves any image of its study). Recall@1/5/10 both directions with
@@ -31,7 +42,7 @@ from models.early_fusion import unwrap_model
 from models.vocabulary import Vocabulary
 
 TASK = "retrieval"
-SCORER = "pmi_likelihood"
+PRIORS = ("mean_image", "masked_image")
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class RetrievalConfig:
 
     Attributes:
         ks: Recall cut-offs.
+        prior: Report prior subtracted from ``log p(report | image)``: ``mean_image``
+            (default; the mean over TEST images) or ``masked_image`` (all image tokens masked;
+            only fair to arms trained with masked inputs). See the module docstring.
         max_text_tokens: Report tokens scored per candidate (the training truncation).
         report_batch_size: Candidate reports scored together against one image prefix.
         n_boot: Bootstrap resamples.
@@ -47,10 +61,15 @@ class RetrievalConfig:
     """
 
     ks: Sequence[int] = (1, 5, 10)
+    prior: str = "mean_image"
     max_text_tokens: int = 128
     report_batch_size: int = 64
     n_boot: int = 500
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prior not in PRIORS:
+            raise ValueError(f"retrieval prior must be one of {PRIORS}, got {self.prior!r}")
 
 
 @dataclass
@@ -123,6 +142,11 @@ def report_log_likelihoods(
     return out
 
 
+def pmi_scores(conditional: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """``log p(r | i) - prior(r)``: float (I, R) from (I, R) and a (1, R) prior row."""
+    return conditional - np.asarray(prior).reshape(1, -1)
+
+
 def chance_recall(study_index: np.ndarray, num_studies: int, k: int, direction: str) -> float:
     """Expected Recall@k of a random ranking (one report per study; m images per study)."""
     if direction == "i2t":
@@ -147,14 +171,19 @@ def run_retrieval(
     reports = [test.text_ids[first_row[s]] for s in studies]
     report_ids, report_valid = _report_tensors(reports, vocab, config.max_text_tokens)
     prefixes = image_prefix_ids(test.codes, None, vocab, with_eot=True)
-    blind = image_prefix_ids(
-        test.codes[:1], np.ones((1, test.codes.shape[1]), dtype=bool), vocab, with_eot=True
-    )
     conditional = report_log_likelihoods(
         model, prefixes, report_ids, report_valid, config.report_batch_size
     )
-    prior = report_log_likelihoods(model, blind, report_ids, report_valid, config.report_batch_size)
-    scores = conditional - prior
+    if config.prior == "masked_image":
+        blind = image_prefix_ids(
+            test.codes[:1], np.ones((1, test.codes.shape[1]), dtype=bool), vocab, with_eot=True
+        )
+        prior = report_log_likelihoods(
+            model, blind, report_ids, report_valid, config.report_batch_size
+        )
+    else:
+        prior = conditional.mean(axis=0, keepdims=True)
+    scores = pmi_scores(conditional, prior)
     study_index = np.array([studies.index(s) for s in test.study_ids])
     # image -> text: rank of the image's own study report among all reports (0 = top)
     # ties count against the query (identical truncated reports must not inflate recall)
@@ -183,7 +212,7 @@ def run_retrieval(
                     "model",
                     f"{direction}_recall@{k}",
                     est.value,
-                    setting=SCORER,
+                    setting=f"pmi, {config.prior} prior",
                     ci_low=est.ci_low,
                     ci_high=est.ci_high,
                     n=est.n,

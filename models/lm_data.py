@@ -249,7 +249,7 @@ def iter_positioned_rows(
 
     Args:
         shard_paths: Token shards (same order on every worker).
-        split: Split to keep (``"train"``, ``"val"``, ``"test"``); None keeps every row.
+        split: Split to keep (``"train"``, ``"validate"``, ``"test"``); None keeps every row.
         worker_rank: This worker.
         num_workers: Workers splitting the data.
         start: Position to resume from (default: the beginning of epoch 0).
@@ -604,7 +604,7 @@ def iter_eval_batches(
     vocab: Vocabulary,
     batch_size: int,
     max_text_tokens: int,
-    split: str | None = "val",
+    split: str | None = "validate",
     max_rows: int | None = None,
 ) -> Iterable[dict[str, torch.Tensor]]:
     """One ordered pass over a split (shard paths) or a list of rows, as batches.
@@ -614,12 +614,20 @@ def iter_eval_batches(
         vocab: Id layout.
         batch_size: Sequences per batch (the last batch may be smaller).
         max_text_tokens: Report tokens kept per sequence.
-        split: Split to read from shards (None: all rows).
+        split: Split to read from shards, one of ``cxr.splits.SPLITS`` (default ``validate``),
+            or None for all rows.
         max_rows: Stop after this many rows.
 
     Yields:
         ``collate`` outputs.
+
+    Raises:
+        ValueError: ``split`` is not a split name (e.g. ``val``, which would match no row).
     """
+    from cxr.splits import SPLITS
+
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     if source and isinstance(source[0], dict):
         rows: Iterable[dict[str, Any]] = source  # type: ignore[assignment]
     else:

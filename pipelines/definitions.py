@@ -14,6 +14,7 @@ def defs() -> dg.Definitions:
     """All assets, checks, jobs and resources of the pipeline."""
     from assets.checks import ALL_CHECKS
     from assets.cxr_images import cxr_images
+    from assets.eval_comparisons import eval_comparisons
     from assets.evaluation import EVAL_ASSETS
     from assets.finding_labels import finding_labels
     from assets.image_tokenizer import image_tokenizer
@@ -52,6 +53,7 @@ def defs() -> dg.Definitions:
             stage2_checkpoint,
             stage1_continued_checkpoint,
             *EVAL_ASSETS,
+            eval_comparisons,
             leaderboard,
         ],
         asset_checks=ALL_CHECKS,

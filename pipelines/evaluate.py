@@ -7,7 +7,8 @@
 ``register`` records any checkpoint directory (a published one with ``checkpoint.json`` or a
 ``train_lm`` folder with ``COMPLETE``) so that the sensor, or ``run``, evaluates it. ``run``
 adds the partitions to the Dagster instance ($DAGSTER_HOME) and materializes the four
-evaluation assets per checkpoint and then the leaderboard, as runs the UI shows.
+evaluation assets per checkpoint, then the paired comparisons and the leaderboard, as runs the
+UI shows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipelines.resources import StorageResource
 
 def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
     """Add partitions, materialize the evaluation assets per key, then the leaderboard."""
+    from assets.eval_comparisons import eval_comparisons
     from assets.evaluation import EVAL_ASSETS
     from assets.leaderboard import leaderboard
     from pipelines.resources import default_resources
@@ -46,7 +48,10 @@ def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
         ok &= result.success
     if keys:
         board = dg.materialize(
-            [leaderboard], instance=instance, resources=resources, raise_on_error=False
+            [eval_comparisons, leaderboard],
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
         )
         ok &= board.success
     return ok

@@ -41,8 +41,9 @@ evaluation_job = dg.define_asset_job(
 
 leaderboard_job = dg.define_asset_job(
     "leaderboard_job",
-    selection=dg.AssetSelection.assets("leaderboard"),
-    description="Rebuild the leaderboard from eval_results.",
+    selection=dg.AssetSelection.assets("eval_comparisons", "leaderboard"),
+    description="Recompute the paired comparisons of re-evaluated checkpoints, then rebuild "
+    "the leaderboard from eval_comparisons and eval_results.",
 )
 
 

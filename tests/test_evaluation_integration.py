@@ -1,6 +1,7 @@
 """Evaluation end to end: train two stages on a generated archive, let the checkpoint sensor
 find the checkpoints, evaluate all four tasks per partition, drop a new checkpoint and see it
-evaluated, rebuild the leaderboard, audit a number back to the source manifest."""
+evaluated, compute the paired comparisons, rebuild the leaderboard, audit a number back to the
+source manifest."""
 
 import json
 import shutil
@@ -13,6 +14,7 @@ import duckdb
 import pytest
 from pipeline_setup import local_resources
 
+from assets.eval_comparisons import eval_comparisons
 from assets.evaluation import EVAL_ASSETS
 from assets.leaderboard import leaderboard
 from cxr.synthetic import generate_archive
@@ -89,11 +91,12 @@ def trained(tmp_path_factory):
                     }
                 },
                 "text_tokenizer": {"config": {"vocab_size": 300}},
-                # a larger test split than the default 10%, so AUROC has positives to rank
+                # larger validate / test splits than the default 10%, so AUROC has positives
+                # to rank and the layer is chosen on VALIDATE rather than by the fallback
                 "splits": {
                     "config": {
-                        "train_fraction": 0.6,
-                        "validate_fraction": 0.1,
+                        "train_fraction": 0.5,
+                        "validate_fraction": 0.2,
                         "test_fraction": 0.3,
                     }
                 },
@@ -153,6 +156,14 @@ def test_every_checkpoint_has_all_four_tasks(trained, evaluated):
         assert 0.0 <= r[7] <= 1.0
         assert r[8] is None or r[8] <= r[7] <= r[9]  # no interval when resamples lack a class
     assert any(r[8] is not None for r in macro)
+    # the layer is chosen on VALIDATE: every candidate's score is a row, TEST rows carry it
+    for key in by_checkpoint:
+        candidates = [r for r in rows if r[0] == key and r[3] == "validate_macro_auroc"]
+        assert {r[6] for r in candidates} == {"layer 1", "layer 2"}  # the debug model's layers
+        settings = {r[6] for r in macro if r[0] == key}
+        assert len(settings) == 1 and settings <= {"layer 1", "layer 2"}
+        chosen = [r[6] for r in candidates if r[11] == "ok: chosen"]
+        assert chosen == list(settings)
     psnr = [r for r in rows if r[1] == "inpainting" and r[3] == "psnr_vs_reconstruction"]
     assert {r[2] for r in psnr} == {"model", "image_blind_mode_fill"}
     assert {r[6] for r in psnr} == {"random", "block"}
@@ -207,9 +218,37 @@ def test_a_dropped_checkpoint_is_evaluated_by_the_sensor(trained, evaluated):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     evaluate(instance, res, "ext-user_model_1")
     assert {r[1] for r in results(storage, "checkpoint_id = 'ext-user_model_1'")} == TASKS
-    board = dg.materialize([leaderboard], instance=instance, resources=res)
+    board = dg.materialize(
+        [eval_comparisons, leaderboard],
+        instance=instance,
+        resources=res,
+        run_config={"ops": {"eval_comparisons": {"config": {"n_boot": 40}}}},
+    )
     assert board.success
+    con = duckdb.connect(str(storage / "catalog.duckdb"), read_only=True)
+    paired = con.execute(
+        "SELECT checkpoint_a, checkpoint_b, kind, task, metric, mask_ratio, diff, ci_low, "
+        "ci_high, p_le_zero, n_patients FROM eval_comparisons"
+    ).fetchall()
+    con.close()
+    stage1, stage2 = sorted(r.partition_key for r in first.run_requests)
+    ablation = [r for r in paired if r[2] == "checkpoint"]
+    # one stage-1 family: stage 2 against stage 1, in every task; the dropped copy has none
+    assert {(r[0], r[1]) for r in ablation} == {(stage2, stage1)}
+    assert {r[3] for r in ablation} == TASKS
+    assert {r[5] for r in ablation if r[4] == "macro_auroc"} == {0.0, 0.4, 0.8}
+    baselines = {(r[0], r[1]) for r in paired if r[2] == "baseline"}
+    for key in (stage1, stage2, "ext-user_model_1"):
+        assert {(key, "bag_of_codes"), (key, "image_blind_mode_fill"), (key, "chance")} <= (
+            baselines
+        )
+    for r in paired:
+        assert r[10] > 0 and (r[7] is None or r[7] <= r[8])
+        assert r[9] is None or 0.0 <= r[9] <= 1.0
     markdown = (storage / "evaluation" / "leaderboard.md").read_text()
+    assert markdown.startswith("### Paired comparisons")
+    assert f"| {stage2} | {stage1} | findings | macro_auroc |" in markdown
+    assert "### Feature layer (chosen on VALIDATE" in markdown
     for arm in (
         "ext-user_model_1",
         "stage1-",

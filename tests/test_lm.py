@@ -75,7 +75,7 @@ def random_rows(n: int, seed: int = 0, codes: int = CODES) -> list[dict]:
 
 
 def write_shards(out_dir: Path, num_shards: int = 2, rows_per_shard: int = 20) -> list[Path]:
-    """Token shards with the real schema: 8-row row groups, every 5th row in 'val'."""
+    """Token shards with the real schema: 8-row row groups, every 5th row in 'validate'."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for shard in range(num_shards):
@@ -87,7 +87,7 @@ def write_shards(out_dir: Path, num_shards: int = 2, rows_per_shard: int = 20) -
                     "image_id": f"img{n:04d}",
                     "study_id": f"s{n:04d}",
                     "patient_id": "p0",
-                    "split": "val" if i % 5 == 0 else "train",
+                    "split": "validate" if i % 5 == 0 else "train",
                     "view_position": "PA",
                     "is_frontal": True,
                     "image_codes": r["image_codes"].tolist(),
@@ -223,8 +223,8 @@ def test_iter_token_rows_splits_workers_disjointly_and_resumes(tmp_path):
         for rank in range(8)
     ]
     assert sorted(i for part in stripes for i in part) == sorted(everything)
-    row = next(iter_token_rows(paths, "val"))
-    assert row["image_codes"].shape == (CODES,) and row["split"] == "val"
+    row = next(iter_token_rows(paths, "validate"))
+    assert row["image_codes"].shape == (CODES,) and row["split"] == "validate"
 
 
 def test_data_position_resumes_exactly_across_epochs(tmp_path):
@@ -471,7 +471,7 @@ def test_resume_gives_identical_weights_and_step_count(tmp_path, vocab):
     model, info = load_lm_checkpoint(tmp_path / "b")
     assert info["step"] == 12 and info["vocab"] == vocab
     assert torch.equal(model.lm_head.weight, reference.lm_head.weight)
-    scores = evaluate_lm(model, iter_eval_batches(paths, vocab, 4, 8, split="val"), vocab)
+    scores = evaluate_lm(model, iter_eval_batches(paths, vocab, 4, 8), vocab)
     assert scores["num_sequences"] == 8 and math.isfinite(scores["loss"])
 
 
