@@ -35,11 +35,40 @@ class TokenShardsConfig(dg.Config):
         "Ray cluster has",
     )
     device: str = Field(default="cpu", description="cpu, or cuda for GPU workers")
+    precision: str = Field(
+        default="float32",
+        description="Encoder precision: float32, or float16 / bfloat16 autocast (GPUs; the "
+        "nearest-code search stays fp32; measure code agreement with bench/tokenize.py). See "
+        "models.vq_tokenizer.EncodeOptions",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the encoder (GPUs: fuses GroupNorm/SiLU; compiled once per "
+        "worker on its first batch)",
+    )
+    channels_last: bool = Field(default=True, description="channels-last convolutions")
+    overlap: bool = Field(
+        default=True,
+        description="Read/decode the next shard and write the previous one in background "
+        "threads while the encoder runs (same output bytes)",
+    )
     actor_start_timeout_s: int = Field(
         default=600,
         description="Seconds to wait until every tokenizer actor is up before shards are handed "
         "out (so the shards spread over all workers and nodes); 0 = start on the first one",
     )
+
+    def encode_options(self) -> Any:
+        """The validated ``models.vq_tokenizer.EncodeOptions``.
+
+        That dataclass owns these fields' defaults and validation; it is imported here, not when
+        the definitions load, because it imports torch.
+        """
+        from models.vq_tokenizer import EncodeOptions
+
+        return EncodeOptions(
+            precision=self.precision, compile=self.compile, channels_last=self.channels_last
+        )
 
 
 def run_token_tasks(
@@ -55,8 +84,7 @@ def run_token_tasks(
     N actors on N nodes tokenizes on all N nodes. Each summary row names its ``node_id``.
     """
     if ray_resource is None or not tasks:
-        worker = ShardTokenizer(**kwargs) if tasks else None
-        return [worker.process(t) for t in tasks] if worker else []
+        return ShardTokenizer(**kwargs).process_all(tasks) if tasks else []
     import ray
     import ray.data
 
@@ -137,6 +165,8 @@ def token_shards(
         },
         "batch_size": config.batch_size,
         "device": config.device,
+        **dataclasses.asdict(config.encode_options()),
+        "overlap": config.overlap,
     }
     invalidate_token_manifest(out_dir, tasks)  # a killed re-run never leaves a mixed set listed
     summaries = run_token_tasks(tasks, kwargs, config, ray if config.use_ray else None)

@@ -2,33 +2,42 @@
 
 Usage::
 
-    python bench/tokenize.py [--preset small] [--images 256] [--batch-size 64]
-        [--image-size 256] [--images-per-shard 128] [--repeats 3] [--device cpu]
-        [--out bench/results] [--profile] [--max-seconds S] [--threads N]
+    python bench/tokenize.py [--preset small] [--device cpu] [--images N] [--batch-size 64]
+        [--image-size S] [--images-per-shard 128] [--repeats 2] [--settings fp32,fast]
+        [--out bench/results] [--max-seconds S] [--strict-images N] [--profile] [--threads N]
 
-In a temporary folder it builds a randomly initialised (seeded) VQ tokenizer of ``--preset`` (the
-codebook is filled with random vectors, as a trained one would be, so code lookups are not
-degenerate) and a tiny BPE, writes ``--images`` synthetic uint8 images (smooth blobs + noise) as
-image shards in ``cxr.images.IMAGE_SCHEMA`` and a plan Parquet with the columns that
-``plan_token_shards`` writes. Then, after one warm-up of each, it times ``--repeats`` interleaved
-rounds (order alternating) of:
+    # the GPU run (one H200, ~2 minutes including compile):
+    python bench/tokenize.py --preset chexmix --device cuda --out DIR
 
-* path: a fresh ``ShardTokenizer(...)`` (load timed on its own) whose ``process(task)`` runs over
-  every shard with a new ``input_hash`` (never reused): plan + image Parquet read,
-  ``np.frombuffer``/``np.stack``, ``VQTokenizer.encode`` per ``--batch-size`` slice, text
-  tokenization, row building, zstd Parquet written atomically + sha256;
-* bare: the same decoded uint8 images already in memory as one torch tensor (on ``--device``),
-  ``model.encode(x[i:i + batch_size])`` per slice under ``torch.inference_mode`` (the encoder's
-  own default CPU chunking, exactly as the path calls it).
+In a temporary folder it builds a seeded, randomly initialised VQ tokenizer of ``--preset`` whose
+codebook is sampled from the encoder's own latents of the benchmark images (plus a little noise),
+as k-means initialisation would, so nearest-code decisions have realistic margins and the
+agreement figures mean something; a tiny BPE; ``--images`` synthetic uint8 images (smooth blobs,
+noise; stored at the preset's size unless ``--image-size``) as image shards in
+``cxr.images.IMAGE_SCHEMA``, and a plan Parquet with the columns ``plan_token_shards`` writes.
 
-The path's time inside ``VQTokenizer.encode`` is also measured within each path round, giving
-its own overhead (Parquet I/O, text, rows) and a "same-encoder" ratio that stays meaningful when
-other processes load the CPU (the plain ratio then mostly measures contention noise).
+Each encoder setting of ``--settings`` (``fp32``: the reference eager float32 encoder; ``bf16``:
+bf16 autocast; ``fp16``; ``compile``: fp32 compiled; ``fast``: bf16 + torch.compile +
+channels_last; ``fast16``: the same in fp16; ``fast_nchw``: ``fast`` in NCHW) gets one
+``ShardTokenizer`` (its load, and the first batch,
+which compiles and autotunes, are timed apart) and ``--repeats`` interleaved rounds of:
 
-Prints a table and writes ``<out>/tokenize-<preset>-<device>-<date>.json`` with machine info.
-If path/bare < 0.9 (or with ``--profile``) it cProfiles one extra ``process()`` and reports the
-time per stage. With ``--max-seconds``, a one-image probe estimates the run first and the
-benchmark is skipped (and recorded as skipped) when the estimate is over that budget.
+* path: ``process_all`` over every shard with a fresh ``input_hash`` (never reused): plan +
+  image Parquet read and pixel decode into pinned memory (reader thread), uint8 host->device
+  copies and the encoder (this thread), rows + zstd Parquet written atomically + sha256 (writer
+  thread);
+* bare: ``encode_on_device`` per ``--batch-size`` slice of the same images already on the device,
+  one sync at the end.
+
+Reported per setting: images/s of both, path/bare, code agreement with fp32 on the same images
+(fraction of identical positions; on CUDA also with a strict-fp32 reference on
+``--strict-images`` images: cuDNN/cuBLAS TF32 off), path codes vs bare codes, peak GPU memory,
+compile/warm-up seconds. The schedule puts fp32's reference pass first, then the other settings,
+then fp32's remaining rounds; with ``--max-seconds`` (default 120 on CUDA) rounds that would
+end past the budget are skipped and listed. The JSON
+``<out>/tokenize-<preset>-<device>-<date>.json`` is rewritten after every stage
+(``"complete": false`` until the end), so a run killed by an outer time limit still leaves its
+numbers. Paths in it are relative to the repository.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import cProfile
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -53,6 +63,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,7 +76,7 @@ from cxr.images import IMAGE_SCHEMA, ROW_GROUP_IMAGES
 from cxr.storage import write_parquet
 from cxr.token_shards import LABEL_COLUMNS, ShardTokenizer, TokenTask
 from models.text_tokenizer import train_bpe
-from models.vq_tokenizer import VQTokenizer, config_from_preset, save_checkpoint
+from models.vq_tokenizer import EncodeOptions, VQTokenizer, config_from_preset, save_checkpoint
 
 TARGET_RATIO = 0.9
 PACKAGES = ["torch", "numpy", "pyarrow", "tokenizers", "transformers", "diffusers"]
@@ -87,16 +98,17 @@ SENTENCES = [
     "No evidence of pulmonary edema.",
     "Interval removal of the nasogastric tube.",
 ]
-STAGES = {  # label -> substrings of pstats function names (file:line(name)) summed by cumtime
-    "parquet read (plan + image shard)": ["parquet/core.py:", "read_table"],
-    "arrow -> python (to_pylist/to_pydict)": ["to_pylist", "to_pydict"],
-    "encode_images (frombuffer/stack + VQ)": ["token_shards.py:", "encode_images"],
-    "  VQTokenizer.encode": ["vq_tokenizer.py:", "(encode)"],
-    "text tokenization": ["tokenization_utils_base.py:", "__call__"],
-    "codes .tolist() + row dicts": ["<method 'tolist'"],
-    "pa.Table.from_pylist": ["from_pylist"],
-    "write_parquet (zstd write + sha256)": ["storage.py:", "(write_parquet)"],
+SETTINGS: dict[str, EncodeOptions] = {
+    "fp32": EncodeOptions(),
+    "bf16": EncodeOptions(precision="bfloat16"),
+    "fp16": EncodeOptions(precision="float16"),
+    "compile": EncodeOptions(compile=True),
+    "fast": EncodeOptions(precision="bfloat16", compile=True, channels_last=True),
+    "fast16": EncodeOptions(precision="float16", compile=True, channels_last=True),
+    "fast_nchw": EncodeOptions(precision="bfloat16", compile=True, channels_last=False),
 }
+AGREEMENT_TARGET = 0.995
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,6 +129,22 @@ def synthetic_image(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img * 255.0, 0, 255).astype(np.uint8)
 
 
+POOL = 48  # distinct base images; the others are shifted, flipped, re-noised copies (fast)
+
+
+def synthetic_images(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` (size, size) uint8 images: ``POOL`` base images, then rolled/flipped/noised ones."""
+    base = [synthetic_image(size, rng) for _ in range(min(n, POOL))]
+    out = list(base)
+    for i in range(len(base), n):
+        img = np.roll(base[i % len(base)], tuple(rng.integers(-size // 8, size // 8, 2)), (0, 1))
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        noise = rng.integers(-6, 7, img.shape, dtype=np.int16)
+        out.append(np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    return out
+
+
 def synthetic_report(rng: np.random.Generator) -> str:
     """A few report sentences."""
     picks = rng.choice(len(SENTENCES), size=int(rng.integers(2, 7)), replace=False)
@@ -134,11 +162,12 @@ def write_inputs(
     plan_rows: list[dict[str, Any]] = []
     tasks: list[TokenTask] = []
     texts: list[str] = []
+    images = synthetic_images(n, size, rng)
     for shard_index, start in enumerate(range(0, n, per_shard)):
         shard = f"shard-{shard_index:05d}"
         rows = []
         for i in range(start, min(n, start + per_shard)):
-            pixels = synthetic_image(size, rng)
+            pixels = images[i]
             all_pixels.append(pixels)
             image_id, study_id, patient_id = (
                 f"img_{i:06d}",
@@ -215,16 +244,50 @@ def write_inputs(
     return tasks, np.stack(all_pixels), texts
 
 
-def build_tokenizers(root: Path, preset: str, texts: list[str], seed: int) -> tuple[Path, Path]:
-    """Random-init VQ checkpoint (random codebook) + tiny BPE, saved under ``root``."""
-    torch.manual_seed(seed)
-    model = VQTokenizer(config_from_preset(preset)).eval()
+def init_codebook_from_latents(
+    model: VQTokenizer, images: torch.Tensor, seed: int, noise: float = 0.1, max_images: int = 16
+) -> None:
+    """Fills the codebook with encoder latents of ``images`` (+ ``noise`` x their std).
+
+    What k-means initialisation starts from: entries lie where the latents are, so nearest-code
+    margins (and the agreement of reduced precision with fp32) are realistic, unlike a codebook
+    of random normals far from every latent.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    need = -(-cfg.codebook_size // cfg.codes_per_image)  # images whose latents cover K codes
+    take = images[: max(1, min(images.shape[0], max_images, 2 * need))]
+    with torch.inference_mode():
+        z = torch.cat(
+            [model.encode_latents(model.to_model_input(c)).float().cpu() for c in take.split(8)]
+        )
+    flat = z.permute(0, 2, 3, 1).reshape(-1, cfg.code_dim)
+    pick = torch.randint(0, flat.shape[0], (cfg.codebook_size,), generator=gen)
+    if flat.shape[0] >= cfg.codebook_size:
+        pick = torch.randperm(flat.shape[0], generator=gen)[: cfg.codebook_size]
+    embed = flat[pick] + noise * flat.std(dim=0) * torch.randn(
+        cfg.codebook_size, cfg.code_dim, generator=gen
+    )
     codebook = model.quantize._codebook
-    with torch.no_grad():  # as if k-means-initialised: distinct random codes, not all zeros
-        codebook.embed.normal_()
+    with torch.no_grad():
+        codebook.embed.copy_(embed[None].to(codebook.embed.device))
         codebook.embed_avg.copy_(codebook.embed)
         codebook.cluster_size.fill_(1.0)
         codebook.initted.fill_(True)
+
+
+def build_tokenizers(
+    root: Path,
+    preset: str,
+    texts: list[str],
+    seed: int,
+    images: np.ndarray,
+    device: torch.device | str = "cpu",
+) -> tuple[Path, Path]:
+    """Random-init VQ checkpoint (codebook from its own latents) + tiny BPE under ``root``."""
+    torch.manual_seed(seed)
+    model = VQTokenizer(config_from_preset(preset)).eval().to(device)
+    init_codebook_from_latents(model, torch.from_numpy(images), seed)
     vq_dir = save_checkpoint(model, root / "vq")
     text_dir = root / "text"
     train_bpe(texts[:200] * 4, vocab_size=400).save_pretrained(str(text_dir))
@@ -254,8 +317,71 @@ def peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def agreement(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """Fraction of positions where two code arrays of one shape are equal."""
+    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"code arrays differ in size: {a.shape} vs {b.shape}")
+    return float((a == b).mean()) if a.size else 1.0
+
+
+def relative_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it, else its name (never absolute)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return f"<outside repo>/{Path(path).name}"
+
+
+class Budget:
+    """Wall-clock budget: a round runs only if it is expected to end within ``max_seconds``."""
+
+    def __init__(self, max_seconds: float | None) -> None:
+        self.start, self.max_seconds = time.perf_counter(), max_seconds
+        self.skipped: list[str] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def allows(self, label: str, expected_s: float) -> bool:
+        """False (and ``label`` recorded as skipped) if the round would overrun."""
+        if self.max_seconds is None or self.elapsed() + expected_s <= self.max_seconds:
+            return True
+        self.skipped.append(f"{label} (expected {expected_s:.1f}s at {self.elapsed():.0f}s)")
+        return False
+
+
+class Setting:
+    """One encoder setting: its worker, bare model and the rounds measured so far."""
+
+    def __init__(self, name: str, options: EncodeOptions, kwargs: dict[str, Any]) -> None:
+        self.name, self.options = name, options
+        device = torch.device(kwargs["device"])
+        sync(device)
+        start = time.perf_counter()
+        self.worker = ShardTokenizer(**kwargs, **dataclasses.asdict(options))
+        sync(device)
+        self.load_s = time.perf_counter() - start
+        self.model = self.worker.vq  # the bare loop uses the same (compiled) model
+        self.path_s: list[float] = []
+        self.bare_s: list[float] = []
+        self.peaks: list[float] = []
+        self.first_batch_s: float | None = None
+        self.batch_s: float | None = None  # a second batch: steady state
+        self.bare_codes: torch.Tensor | None = None
+        self.path_codes: np.ndarray | None = None
+        self.result: dict[str, Any] = {"options": dataclasses.asdict(options)}
+
+    def expected_s(self, n: int, batch_size: int) -> float:
+        """Expected seconds of one round over ``n`` images (from what was measured)."""
+        times = self.path_s + self.bare_s
+        if times:
+            return max(times)
+        return 1.3 * (self.batch_s or 0.0) * -(-n // batch_size)
+
+
 class Bench:
-    """Holds the inputs and runs one path or bare round."""
+    """Holds the inputs and runs path and bare rounds for each setting."""
 
     def __init__(self, args: argparse.Namespace, root: Path, tasks: list[TokenTask]) -> None:
         self.args, self.root, self.tasks = args, root, tasks
@@ -273,96 +399,131 @@ class Bench:
         (root / "tokens").mkdir(exist_ok=True)
 
     def fresh_tasks(self) -> list[TokenTask]:
-        """The tasks with a new input hash, so ``process`` never reuses an output."""
+        """The tasks with a new input hash, so ``process_all`` never reuses an output."""
         return [
             TokenTask(shard=t.shard, input_hash=uuid.uuid4().hex, num_items=t.num_items)
             for t in self.tasks
         ]
 
-    def path_round(self) -> dict[str, float]:
-        """Fresh worker (load timed apart), then ``process`` over every shard."""
-        sync(self.device)
-        start = time.perf_counter()
-        worker = ShardTokenizer(**self.kwargs)
-        sync(self.device)
-        load_s = time.perf_counter() - start
+    def first_batches(self, setting: Setting, images: torch.Tensor) -> None:
+        """Two bare batches: the first compiles and autotunes, the second is steady state."""
+        bs = self.args.batch_size
+        for attr in ("first_batch_s", "batch_s"):
+            sync(self.device)
+            start = time.perf_counter()
+            setting.model.encode_on_device(images[:bs], pad_to=bs)
+            sync(self.device)
+            setattr(setting, attr, time.perf_counter() - start)
+
+    def path_round(self, setting: Setting) -> float:
+        """``process_all`` over every shard; seconds (peak memory recorded)."""
         tasks = self.fresh_tasks()
-        # Time spent inside the encoder, so the path's own cost is known from the same round
-        # (robust to other load on the machine): one perf_counter pair per batch.
-        encode, encode_s = worker.vq.encode, [0.0]
-
-        def timed_encode(*a: Any, **kw: Any) -> torch.Tensor:
-            t = time.perf_counter()
-            try:
-                return encode(*a, **kw)
-            finally:
-                encode_s[0] += time.perf_counter() - t
-
-        worker.vq.encode = timed_encode  # type: ignore[method-assign]
         reset_peak(self.device)
-        start = time.perf_counter()
-        summaries = [worker.process(t) for t in tasks]
         sync(self.device)
-        process_s = time.perf_counter() - start
+        start = time.perf_counter()
+        summaries = setting.worker.process_all(tasks)
+        sync(self.device)
+        seconds = time.perf_counter() - start
         for task, summary in zip(tasks, summaries, strict=True):
             if summary["reused"] or summary["num_rows"] != task.num_items:
                 raise RuntimeError(f"unexpected summary for {task}: {summary}")
-        return {
-            "load_s": load_s,
-            "process_s": process_s,
-            "encode_s": encode_s[0],
-            "overhead_s": process_s - encode_s[0],
-            "peak_mib": peak_mib(self.device),
-        }
+        setting.path_s.append(seconds)
+        if (peak := peak_mib(self.device)) is not None:
+            setting.peaks.append(peak)
+        setting.path_codes = self.read_path_codes()
+        return seconds
 
-    def bare_round(self, model: VQTokenizer, images: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """``model.encode`` per batch over the in-memory images; (seconds, codes)."""
+    def bare_round(self, setting: Setting, images: torch.Tensor) -> float:
+        """``encode_on_device`` per batch over the images on the device; seconds."""
         bs = self.args.batch_size
         reset_peak(self.device)
         sync(self.device)
         start = time.perf_counter()
-        with torch.inference_mode():
-            codes = [model.encode(images[i : i + bs]) for i in range(0, images.shape[0], bs)]
+        codes = [
+            setting.model.encode_on_device(images[i : i + bs], pad_to=bs)
+            for i in range(0, images.shape[0], bs)
+        ]
         sync(self.device)
-        return time.perf_counter() - start, torch.cat(codes)
+        seconds = time.perf_counter() - start
+        setting.bare_s.append(seconds)
+        if (peak := peak_mib(self.device)) is not None:
+            setting.peaks.append(peak)
+        setting.bare_codes = torch.cat(codes).reshape(images.shape[0], -1).cpu()
+        return seconds
 
-    def path_codes(self) -> np.ndarray:
+    def read_path_codes(self) -> np.ndarray:
         """Image codes of the last written token shards, in image-id order."""
         parts = []
         for task in self.tasks:
             table = pq.read_table(self.root / "tokens" / f"{task.shard}.parquet")
-            parts.append(np.asarray(table.column("image_codes").to_pylist(), dtype=np.int64))
+            codes = table.column("image_codes").combine_chunks().flatten().to_numpy()
+            parts.append(codes.reshape(table.num_rows, -1).astype(np.int64))
         return np.concatenate(parts)
 
-    def profile(self) -> tuple[str, dict[str, float], float]:
-        """cProfile one ``process`` round; (top functions text, stage cumtimes, total seconds)."""
-        worker = ShardTokenizer(**self.kwargs)
-        tasks = self.fresh_tasks()
+    def strict_fp32_codes(self, setting: Setting, images: torch.Tensor) -> torch.Tensor:
+        """Codes of the eager fp32 encoder with TF32 off in cuDNN and cuBLAS (CUDA only)."""
+        cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            bs = self.args.batch_size
+            codes = [
+                setting.model.encode_on_device(images[i : i + bs])
+                for i in range(0, images.shape[0], bs)
+            ]
+            return torch.cat(codes).reshape(images.shape[0], -1).cpu()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+    def profile(self, setting: Setting) -> str:
+        """cProfile one sequential (no overlap) ``process_all``; the top functions."""
+        worker = setting.worker
+        worker.overlap = False
         prof = cProfile.Profile()
-        start = time.perf_counter()
-        prof.enable()
-        for task in tasks:
-            worker.process(task)
-        prof.disable()
-        total = time.perf_counter() - start
-        stats = pstats.Stats(prof)
-        stages: dict[str, float] = {}
-        for label, needles in STAGES.items():
-            cum = 0.0
-            for (file, line, name), (_, _, _, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
-                key = f"{file}:{line}({name})"
-                if all(n in key for n in needles):
-                    cum += ct
-            stages[label] = cum
-        for (file, _, name), (_, _, tt, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-            if file.endswith("token_shards.py") and name == "process":
-                stages["process() self (sort, row dicts, lookups)"] = tt
-        stages["other / not visible to cProfile"] = total - sum(
-            v for k, v in stages.items() if not k.startswith(" ")
-        )
+        try:
+            prof.enable()
+            worker.process_all(self.fresh_tasks())
+            sync(self.device)
+            prof.disable()
+        finally:
+            worker.overlap = True
         stream = io.StringIO()
         pstats.Stats(prof, stream=stream).sort_stats("cumulative").print_stats(25)
-        return stream.getvalue(), stages, total
+        return stream.getvalue()
+
+
+def summarize(setting: Setting, n: int, reference: Setting | None, strict: Any) -> dict[str, Any]:
+    """The setting's figures so far (medians over rounds)."""
+    res = setting.result
+    res.update(
+        {
+            "load_s": setting.load_s,
+            "first_batch_s": setting.first_batch_s,
+            "second_batch_s": setting.batch_s,
+            "path_s": setting.path_s,
+            "bare_s": setting.bare_s,
+        }
+    )
+    if setting.path_s:
+        res["path_img_per_s"] = n / statistics.median(setting.path_s)
+    if setting.bare_s:
+        res["bare_img_per_s"] = n / statistics.median(setting.bare_s)
+    if setting.path_s and setting.bare_s:
+        res["ratio"] = res["path_img_per_s"] / res["bare_img_per_s"]
+        res["meets_ratio_target"] = res["ratio"] >= TARGET_RATIO
+    if setting.peaks:
+        res["peak_gpu_mib"] = max(setting.peaks)
+    if setting.bare_codes is not None and setting.path_codes is not None:
+        res["path_codes_vs_bare"] = agreement(setting.path_codes, setting.bare_codes.numpy())
+    if (
+        reference is not None
+        and reference.bare_codes is not None
+        and setting.bare_codes is not None
+    ):
+        res["agreement_vs_fp32"] = agreement(setting.bare_codes, reference.bare_codes)
+        res["meets_agreement_target"] = res["agreement_vs_fp32"] >= AGREEMENT_TARGET
+    if strict is not None and setting.bare_codes is not None:
+        res["agreement_vs_strict_fp32"] = agreement(setting.bare_codes[: strict.shape[0]], strict)
+    return res
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -381,36 +542,71 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def write_json(args: argparse.Namespace, payload: dict[str, Any]) -> Path:
-    """Write the result JSON; returns its path."""
-    args.out.mkdir(parents=True, exist_ok=True)
+def json_path(args: argparse.Namespace) -> Path:
     date = dt.date.today().isoformat()
-    out_path = args.out / f"tokenize-{args.preset}-{args.device.split(':')[0]}-{date}.json"
-    out_path.write_text(json.dumps(payload, indent=2) + "\n")
+    return args.out / f"tokenize-{args.preset}-{args.device.split(':')[0]}-{date}.json"
+
+
+def write_json(args: argparse.Namespace, payload: dict[str, Any]) -> Path:
+    """Write (or rewrite) the result JSON; returns its path."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_path = json_path(args)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, out_path)
     return out_path
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small", choices=["debug", "small", "chexmix"])
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=256, help="side of the stored images")
-    parser.add_argument("--images-per-shard", type=int, default=128, help="as cxr_images")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=None, help="default 1024 CUDA, 256 CPU")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--images-per-shard", type=int, default=128, help="as cxr_images")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help=f"comma list of {sorted(SETTINGS)}; default fp32,fast16,fast,compile (CUDA, in "
+        "that priority under --max-seconds), fp32,bf16 (CPU)",
+    )
+    parser.add_argument(
+        "--strict-images", type=int, default=256, help="CUDA: images for the strict-fp32 check"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--profile", action="store_true", help="always cProfile process()")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--profile", action="store_true", help="cProfile one sequential round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
-        "--max-seconds", type=float, default=None, help="skip if the probe estimate exceeds this"
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="skip rounds that would end past this wall time (default 120 on CUDA, none on CPU)",
     )
-    args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device} requested but torch.cuda.is_available() is False")
+    args.images = args.images or (1024 if cuda else 256)
+    args.image_size = args.image_size or config_from_preset(args.preset).image_size
+    args.settings = args.settings or ("fp32,fast16,fast,compile" if cuda else "fp32,bf16")
+    names = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SETTINGS]
+    if unknown or not names:
+        raise SystemExit(f"--settings: unknown {unknown}; choose from {sorted(SETTINGS)}")
+    args.settings = ["fp32", *[s for s in names if s != "fp32"]]  # fp32 is the reference
+    if args.max_seconds is None and cuda:
+        args.max_seconds = 120.0
     if min(args.images, args.batch_size, args.repeats, args.images_per_shard) < 1:
         raise SystemExit("--images, --batch-size, --repeats and --images-per-shard must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    budget = Budget(args.max_seconds)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -421,157 +617,131 @@ def main() -> None:
     )
     payload: dict[str, Any] = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "complete": False,
+        "args": {k: relative_path(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": info,
         "target_ratio": TARGET_RATIO,
-        "path": "fresh ShardTokenizer (load timed apart) + process() over every image shard "
-        "with a new input_hash: plan/image Parquet read, frombuffer/stack, VQ encode per "
-        "batch_size slice, text tokenization, rows, zstd Parquet write + sha256",
-        "bare_loop": "model.encode(x[i:i+batch_size]) over the decoded uint8 images already in "
-        "memory as one tensor on the device, under torch.inference_mode (encoder's default "
-        "chunking, as the path calls it)",
+        "agreement_target": AGREEMENT_TARGET,
+        "path": "ShardTokenizer.process_all over every image shard with a new input_hash: "
+        "reader thread (plan/image Parquet, pixels into pinned memory, text tokens), encoder "
+        "(non-blocking uint8 H2D, float on the device), writer thread (rows, zstd Parquet "
+        "atomic write + sha256)",
+        "bare_loop": "encode_on_device(x[i:i+batch_size]) over the uint8 images already on the "
+        "device, one sync at the end (same model object as the path)",
+        "agreement": "fraction of identical code positions vs the fp32 setting on the same "
+        "images; agreement_vs_strict_fp32: vs eager fp32 with TF32 off (CUDA)",
+        "settings": {},
     }
+    n = args.images
     with tempfile.TemporaryDirectory(prefix="bench_tokenize_") as tmp_name:
         root = Path(tmp_name)
         t0 = time.perf_counter()
         tasks, pixels, texts = write_inputs(
-            root, args.images, args.image_size, args.images_per_shard, args.seed
+            root, n, args.image_size, args.images_per_shard, args.seed
         )
-        vq_dir, _ = build_tokenizers(root, args.preset, texts, args.seed)
-        setup_s = time.perf_counter() - t0
-        bench = Bench(args, root, tasks)
-        start = time.perf_counter()
-        from models.vq_tokenizer import load_checkpoint
-
-        model = load_checkpoint(vq_dir, map_location=device).eval()
-        bare_load_s = time.perf_counter() - start
+        build_tokenizers(root, args.preset, texts, args.seed, pixels, device)
+        payload["setup_s"] = time.perf_counter() - t0
         images = torch.from_numpy(pixels).to(device)
-        cfg = model.config
-        payload["model"] = {
-            "config": cfg.to_dict(),
-            "codes_per_image": model.codes_per_image,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "encoder_parameters": sum(p.numel() for p in model.encoder.parameters()),
-        }
-        payload["setup_s"] = setup_s
+        cfg = config_from_preset(args.preset)
+        payload["model"] = {"config": cfg.to_dict(), "codes_per_image": cfg.codes_per_image}
         print(
-            f"setup {setup_s:.1f}s: {args.images} images {args.image_size}px in {len(tasks)} "
-            f"shard(s), preset {args.preset} ({cfg.image_size}px -> {model.codes_per_image} codes)"
+            f"setup {payload['setup_s']:.1f}s: {n} images {args.image_size}px in {len(tasks)} "
+            f"shard(s), preset {args.preset} ({cfg.image_size}px -> {cfg.codes_per_image} codes)"
         )
+        bench = Bench(args, root, tasks)
+        settings: dict[str, Setting] = {}
+        strict: torch.Tensor | None = None
 
-        if args.max_seconds is not None:  # one-image probe (includes first-call overheads)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                model.encode(images[:1])
-            sync(device)
-            per_image = time.perf_counter() - start
-            estimate = per_image * args.images * 2 * (args.repeats + 1)
-            payload["probe"] = {"s_per_image": per_image, "estimated_total_s": estimate}
-            print(f"probe: {per_image:.2f} s/image -> estimated {estimate:.0f}s of timing")
-            if estimate > args.max_seconds:
-                payload["skipped"] = (
-                    f"estimated {estimate:.0f}s > --max-seconds {args.max_seconds:.0f}"
+        def report() -> None:
+            reference = settings.get("fp32")
+            for name, setting in settings.items():
+                payload["settings"][name] = summarize(setting, n, reference, strict)
+            payload["skipped"] = budget.skipped
+            payload["elapsed_s"] = budget.elapsed()
+            write_json(args, payload)
+
+        def start(name: str) -> Setting:
+            setting = Setting(name, SETTINGS[name], bench.kwargs)
+            bench.first_batches(setting, images)
+            settings[name] = setting
+            print(
+                f"[{budget.elapsed():5.0f}s] {name}: load {setting.load_s:.1f}s, first batch "
+                f"(compile/autotune) {setting.first_batch_s:.1f}s, second {setting.batch_s:.2f}s"
+            )
+            return setting
+
+        def rounds(setting: Setting, kinds: list[str]) -> None:
+            for kind in kinds:
+                label = f"{setting.name} {kind} round"
+                if not budget.allows(label, setting.expected_s(n, args.batch_size)):
+                    continue
+                run: Callable[[], float] = (
+                    (lambda: bench.path_round(setting))
+                    if kind == "path"
+                    else (lambda: bench.bare_round(setting, images))
                 )
-                info["load_average_after"] = os.getloadavg()
-                print(f"SKIPPED: {payload['skipped']}; wrote {write_json(args, payload)}")
-                return
+                seconds = run()
+                print(f"[{budget.elapsed():5.0f}s] {label}: {n / seconds:.1f} images/s")
+                report()
 
-        # Warm-up (imports, oneDNN kernels, page cache); the first load is the cold one.
-        cold = bench.path_round()
-        bare_warm_s, bare_codes = bench.bare_round(model, images)
-        codes_match = bool(
-            np.array_equal(bench.path_codes(), bare_codes.reshape(args.images, -1).numpy())
-        )
-        path_rounds: list[dict[str, Any]] = []
-        bare_times: list[float] = []
-        bare_peaks: list[float | None] = []
-        for r in range(args.repeats):
-            order = ["path", "bare"] if r % 2 == 0 else ["bare", "path"]
-            for name in order:
-                if name == "path":
-                    path_rounds.append(bench.path_round())
-                else:
-                    seconds, _ = bench.bare_round(model, images)
-                    bare_times.append(seconds)
-                    bare_peaks.append(peak_mib(device))
-        process_med = statistics.median(r["process_s"] for r in path_rounds)
-        load_med = statistics.median(r["load_s"] for r in path_rounds)
-        bare_med = statistics.median(bare_times)
-        path_ips, bare_ips = args.images / process_med, args.images / bare_med
-        ratio = path_ips / bare_ips
-        best_ratio = min(bare_times) / min(r["process_s"] for r in path_rounds)
-        overhead_med = statistics.median(r["overhead_s"] for r in path_rounds)
-        # Path/bare if the encoder ran equally fast in both: only the path's own work counts.
-        encode_ratio = statistics.median(r["encode_s"] / r["process_s"] for r in path_rounds)
-        result = {
-            "preset": args.preset,
-            "codes_per_image": model.codes_per_image,
-            "batch_size": args.batch_size,
-            "path_img_per_s": path_ips,
-            "bare_img_per_s": bare_ips,
-            "ratio": ratio,
-            "meets_target": ratio >= TARGET_RATIO,
-            "ratio_best_of": best_ratio,
-            "ratio_same_encoder": encode_ratio,
-            "path_overhead_outside_encode_s_median": overhead_med,
-            "path_overhead_ms_per_image": 1000 * overhead_med / args.images,
-            "path_encode_s": [r["encode_s"] for r in path_rounds],
-            "model_load_s_median": load_med,
-            "model_load_s_cold": cold["load_s"],
-            "bare_model_load_s": bare_load_s,
-            "path_process_s": [r["process_s"] for r in path_rounds],
-            "path_load_s": [r["load_s"] for r in path_rounds],
-            "bare_s": bare_times,
-            "warmup": {"path_process_s": cold["process_s"], "bare_s": bare_warm_s},
-            "codes_match_bare": codes_match,
-        }
-        if device.type == "cuda":
-            result["path_peak_gpu_mib"] = max(r["peak_mib"] for r in path_rounds)
-            result["bare_peak_gpu_mib"] = max(p for p in bare_peaks if p is not None)
-        payload["result"] = result
-
-        profile_text = ""
-        if ratio < TARGET_RATIO or args.profile:
-            profile_text, stages, total = bench.profile()
-            payload["profile"] = {
-                "process_s_under_cprofile": total,
-                "stage_cumtime_s": stages,
-                "stage_share": {k: v / total for k, v in stages.items()},
-                "top_cumulative": profile_text,
-            }
+        # Priorities under the budget: fp32's reference codes, the first fast setting, one fp32
+        # path round and the strict reference, the other settings, then fp32's extra rounds.
+        fp32 = start("fp32")
+        rounds(fp32, ["bare"])
+        compile_s = 45.0  # expected first compile (then: the last one measured)
+        for index, name in enumerate(args.settings[1:]):
+            expected = compile_s if SETTINGS[name].compile else 0.0
+            if budget.allows(f"{name} (load + first batches)", expected + 10.0):
+                setting = start(name)
+                if SETTINGS[name].compile:
+                    compile_s = setting.first_batch_s or compile_s
+                report()
+                kinds = [
+                    k for r in range(args.repeats) for k in ("path", "bare")[:: 1 - 2 * (r % 2)]
+                ]
+                rounds(setting, kinds)
+            if index == 0:
+                rounds(fp32, ["path"])
+                if device.type == "cuda" and args.strict_images > 0:
+                    m = min(args.strict_images, n)
+                    if budget.allows(
+                        "strict fp32 reference", 3 * m * fp32.expected_s(n, args.batch_size) / n
+                    ):
+                        strict = bench.strict_fp32_codes(fp32, images[:m])
+                    report()
+        if len(args.settings) == 1:
+            rounds(fp32, ["path"])
+        rounds(fp32, [k for _ in range(args.repeats - 1) for k in ("bare", "path")])
+        report()
+        if args.profile:
+            payload["profile_sequential_fp32"] = bench.profile(fp32)
     info["load_average_after"] = os.getloadavg()
+    payload["complete"] = True
+    report()
 
     print()
-    header = (
-        f"{'preset':<8} {'codes/img':>9} {'batch':>5} {'path img/s':>10} {'bare img/s':>10} "
-        f"{'ratio':>6} {'load s':>7}"
-    )
-    print(header)
     print(
-        f"{args.preset:<8} {result['codes_per_image']:>9} {args.batch_size:>5} "
-        f"{path_ips:>10.1f} {bare_ips:>10.1f} {ratio:>6.2f} {load_med:>7.2f}"
+        f"{'setting':<10} {'path img/s':>10} {'bare img/s':>10} {'ratio':>6} {'agree fp32':>10} "
+        f"{'agree strict':>12} {'peak GiB':>8} {'1st batch s':>11}"
     )
-    extra = (
-        f"ratio best-of-{args.repeats} {best_ratio:.2f}; same-encoder ratio {encode_ratio:.3f} "
-        f"(path overhead outside encode {overhead_med * 1000:.0f} ms = "
-        f"{1000 * overhead_med / args.images:.2f} ms/image); codes match bare: {codes_match}; "
-        f"cold load {cold['load_s']:.2f}s"
-    )
-    if device.type == "cuda":
-        extra += (
-            f"; peak GPU MiB path {result['path_peak_gpu_mib']:.0f} "
-            f"bare {result['bare_peak_gpu_mib']:.0f}"
+    for name, res in payload["settings"].items():
+        peak = res.get("peak_gpu_mib")
+
+        def fmt(key: str, spec: str, res: dict[str, Any] = res) -> str:
+            value = res.get(key)
+            return format(value, spec) if value is not None else "-"
+
+        print(
+            f"{name:<10} {fmt('path_img_per_s', '10.1f'):>10} {fmt('bare_img_per_s', '10.1f'):>10}"
+            f" {fmt('ratio', '6.2f'):>6} {fmt('agreement_vs_fp32', '10.4f'):>10}"
+            f" {fmt('agreement_vs_strict_fp32', '12.4f'):>12}"
+            f" {(format(peak / 1024, '8.1f') if peak else '-'):>8}"
+            f" {fmt('first_batch_s', '11.1f'):>11}"
         )
-    print(extra)
-    load = info["load_average_before"], info["load_average_after"]
-    print(f"load average before {load[0][0]:.2f}, after {load[1][0]:.2f} (1 min)")
-    if profile_text:
-        prof = payload["profile"]
-        print()
-        print(f"process() under cProfile: {prof['process_s_under_cprofile']:.2f}s; stages:")
-        for label, seconds in prof["stage_cumtime_s"].items():
-            print(f"  {label:<40} {seconds:>7.3f}s {prof['stage_share'][label]:>6.1%}")
-    print(f"wrote {write_json(args, payload)}")
+    if budget.skipped:
+        print(f"skipped (budget {args.max_seconds}s): {budget.skipped}")
+    print(f"total {budget.elapsed():.0f}s; wrote {relative_path(json_path(args))}")
+    return payload
 
 
 if __name__ == "__main__":

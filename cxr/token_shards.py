@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,6 +77,8 @@ def plan_token_shards(
     names = [s["path"] for s in image_shards]
     if not names:
         return []
+    import duckdb
+
     files = ", ".join(f"'{images_dir / n}'" for n in names)
     con = duckdb.connect()
     con.execute("SET threads = 2")
@@ -130,6 +131,59 @@ def current_ray_node_id() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
+@dataclass
+class LoadedShard:
+    """One image shard read and decoded on the host, ready for the encoder.
+
+    Attributes:
+        task: The task.
+        image_ids: Image ids in output (sorted) order.
+        plan_rows: ``image_id -> plan row`` (split, ids, view, text source, labels).
+        images: uint8 (B, H, W) in ``image_ids`` order (pinned when the encoder is on CUDA).
+        text_ids: Report token ids (no specials) per image.
+    """
+
+    task: TokenTask
+    image_ids: list[str]
+    plan_rows: dict[str, dict[str, Any]]
+    images: Any
+    text_ids: list[list[int]]
+
+
+def decode_pixels(table: pa.Table, order: list[int], pin_memory: bool = False) -> Any:
+    """The ``pixels`` of ``table`` rows in ``order`` as one uint8 (B, H, W) torch tensor.
+
+    Each image's bytes are viewed in place (no Python ``bytes`` copies) and copied once into
+    the output, which is page-locked with ``pin_memory`` so a host->device copy can be
+    asynchronous.
+
+    Raises:
+        ValueError: Images of different sizes, or a pixel buffer that does not match its size.
+    """
+    import torch
+
+    heights = table.column("height").to_numpy()
+    widths = table.column("width").to_numpy()
+    sizes = set(zip(heights.tolist(), widths.tolist(), strict=True))
+    if len(sizes) > 1:
+        raise ValueError(
+            f"images of one shard must share one size to be batched, got sizes {sorted(sizes)}"
+        )
+    h, w = sizes.pop() if sizes else (0, 0)
+    out = torch.empty((len(order), h, w), dtype=torch.uint8, pin_memory=pin_memory)
+    dest = out.numpy()
+    pixels = table.column("pixels")
+    ids = table.column("image_id")
+    for k, i in enumerate(order):
+        buf = pixels[i].as_buffer()
+        if buf.size != h * w:
+            raise ValueError(
+                f"image {ids[i].as_py()} has {buf.size} pixel bytes, expected {h}x{w} = {h * w}"
+            )
+        dest[k] = np.frombuffer(buf, dtype=np.uint8).reshape(h, w)
+    return out
+
+
 class ShardTokenizer:
     """Stateful tokenizer worker: loads both tokenizers once, then tokenizes whole shards.
 
@@ -138,6 +192,13 @@ class ShardTokenizer:
     that shard's summary: ``shard``, ``num_rows``, ``sha256``, ``reused`` and ``node_id`` (the
     Ray node that ran this worker, ``""`` in-process; for run metadata only, never written into
     a shard or the manifest).
+
+    ``process_all`` runs a three-stage pipeline when ``overlap`` is on: a reader thread reads
+    and decodes the next shard (Parquet, pixels into pinned host memory, report tokens) while
+    the calling thread feeds the encoder (non-blocking uint8 host->device copies, conversion to
+    float on the device, codes copied back asynchronously), and a writer thread builds and
+    writes (atomically, + sha256) the previous shard once its codes have arrived. An error in
+    any stage is raised in the caller; files are the same bytes as without overlap.
     """
 
     def __init__(
@@ -150,18 +211,29 @@ class ShardTokenizer:
         file_metadata: dict[str, str],
         batch_size: int = 64,
         device: str = "cpu",
+        precision: str = "float32",
+        compile: bool = False,
+        channels_last: bool = True,
+        cudnn_benchmark: bool = True,
+        overlap: bool = True,
     ) -> None:
         import torch
 
         from models.text_tokenizer import load_tokenizer
-        from models.vq_tokenizer import load_checkpoint
+        from models.vq_tokenizer import EncodeOptions, load_checkpoint
 
+        options = EncodeOptions(precision, compile, channels_last, cudnn_benchmark)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.vq = load_checkpoint(vq_dir, map_location=self.device).eval()
+        self.vq.set_encode_options(options)
         self.text = load_tokenizer(Path(text_tokenizer_dir))
         self.images_dir, self.out_dir = Path(images_dir), Path(out_dir)
         self.plan_path = Path(plan_path)
         self.batch_size = batch_size
+        self.overlap = overlap
+        self.pin_memory = self.device.type == "cuda"
         self.file_metadata = {k.encode(): v.encode() for k, v in file_metadata.items()}
         self.schema = token_schema(self.vq.codes_per_image)
         self.node_id = current_ray_node_id()
@@ -172,58 +244,89 @@ class ShardTokenizer:
             TokenTask(shard=str(s), input_hash=str(h), num_items=int(n))
             for s, h, n in zip(batch["shard"], batch["input_hash"], batch["num_items"], strict=True)
         ]
-        summaries = [self.process(task) for task in tasks]
+        summaries = self.process_all(tasks)
         return {key: [s[key] for s in summaries] for key in summaries[0]} if summaries else {}
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def _reused(self, task: TokenTask) -> dict[str, Any] | None:
+        target = self.out_dir / f"{task.shard}.parquet"
+        if parquet_input_hash(target) != task.input_hash:
+            return None
+        return {
+            "shard": task.shard,
+            "num_rows": pq.read_metadata(target).num_rows,
+            "sha256": file_sha256(target),
+            "reused": True,
+            "node_id": self.node_id,
+        }
+
+    def load(self, task: TokenTask) -> LoadedShard | dict[str, Any]:
+        """Read stage: the reused shard's summary, or the shard read, decoded and text-tokenized."""
+        reused = self._reused(task)
+        if reused is not None:
+            return reused
+        plan = pq.read_table(self.plan_path, filters=[("shard", "=", task.shard)])
+        plan_rows = {r["image_id"]: r for r in plan.to_pylist()}
+        table = pq.read_table(
+            self.images_dir / f"{task.shard}.parquet",
+            columns=["image_id", "pixels", "height", "width"],
+        )
+        all_ids = table.column("image_id").to_pylist()
+        order = sorted(range(len(all_ids)), key=lambda i: all_ids[i])
+        ids = [all_ids[i] for i in order]
+        images = decode_pixels(table, order, pin_memory=self.pin_memory)
+        texts = [plan_rows[i]["text"] for i in ids]
+        encoded = self.text(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return LoadedShard(task, ids, plan_rows, images, encoded)
+
+    def encode(self, images: Any) -> tuple[Any, Any]:
+        """Encode stage: uint8 (B, H, W) host images -> (int16 (B, codes) host codes, event).
+
+        Slices of ``batch_size`` go to the device without blocking; on CUDA the codes come back
+        into pinned memory asynchronously and ``event`` (a ``torch.cuda.Event``) marks their
+        arrival (None on CPU, where the codes are ready on return).
+        """
+        import torch
+
+        cpi = self.vq.codes_per_image
+        if images.shape[0] == 0:
+            return torch.zeros((0, cpi), dtype=torch.int16), None
+        parts = [
+            self.vq.encode_on_device(
+                images[start : start + self.batch_size], pad_to=self.batch_size
+            )
+            for start in range(0, images.shape[0], self.batch_size)
+        ]
+        codes = torch.cat(parts).reshape(images.shape[0], cpi).to(torch.int16)
+        if codes.device.type != "cuda":
+            return codes.cpu(), None
+        host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=True)
+        host.copy_(codes, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
 
     def encode_images(self, pixels: list[bytes], heights: list[int], widths: list[int]) -> Any:
         """Raw codes (B, codes_per_image) int16 of a list of uint8 images."""
         import torch
 
-        out = []
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = [
-                np.frombuffer(p, dtype=np.uint8).reshape(h, w)
-                for p, h, w in zip(
-                    pixels[start : start + self.batch_size],
-                    heights[start : start + self.batch_size],
-                    widths[start : start + self.batch_size],
-                    strict=True,
-                )
-            ]
-            images = torch.from_numpy(np.stack(chunk))
-            codes = self.vq.encode(images.to(self.device))
-            out.append(codes.reshape(codes.shape[0], -1).cpu().numpy().astype(np.int16))
-        return np.concatenate(out) if out else np.zeros((0, self.vq.codes_per_image), np.int16)
+        images = [
+            np.frombuffer(p, dtype=np.uint8).reshape(h, w)
+            for p, h, w in zip(pixels, heights, widths, strict=True)
+        ]
+        if not images:
+            return np.zeros((0, self.vq.codes_per_image), np.int16)
+        codes, event = self.encode(torch.from_numpy(np.stack(images)))
+        if event is not None:
+            event.synchronize()
+        return codes.numpy()
 
-    def process(self, task: TokenTask) -> dict[str, Any]:
-        """Tokenize one shard (or reuse it when its inputs are unchanged)."""
-        target = self.out_dir / f"{task.shard}.parquet"
-        if parquet_input_hash(target) == task.input_hash:
-            return {
-                "shard": task.shard,
-                "num_rows": pq.read_metadata(target).num_rows,
-                "sha256": file_sha256(target),
-                "reused": True,
-                "node_id": self.node_id,
-            }
-        plan = pq.read_table(self.plan_path, filters=[("shard", "=", task.shard)])
-        plan_rows = {r["image_id"]: r for r in plan.to_pylist()}
-        images = pq.read_table(
-            self.images_dir / f"{task.shard}.parquet",
-            columns=["image_id", "pixels", "height", "width"],
-        ).to_pydict()
-        order = sorted(range(len(images["image_id"])), key=lambda i: images["image_id"][i])
-        ids = [images["image_id"][i] for i in order]
-        codes = self.encode_images(
-            [images["pixels"][i] for i in order],
-            [images["height"][i] for i in order],
-            [images["width"][i] for i in order],
-        )
-        texts = [plan_rows[i]["text"] for i in ids]
-        encoded = self.text(texts, add_special_tokens=False)["input_ids"] if texts else []
+    def build_table(self, shard: LoadedShard, codes: np.ndarray) -> pa.Table:
+        """The token shard table: one row per image, in ``shard.image_ids`` order."""
         rows = []
-        for index, image_id in enumerate(ids):
-            meta = plan_rows[image_id]
+        for index, image_id in enumerate(shard.image_ids):
+            meta = shard.plan_rows[image_id]
             rows.append(
                 {
                     "image_id": image_id,
@@ -232,23 +335,112 @@ class ShardTokenizer:
                     "split": meta["split"],
                     "view_position": meta["view_position"],
                     "is_frontal": bool(meta["is_frontal"]),
-                    "image_codes": codes[index].tolist(),
-                    "text_ids": encoded[index],
+                    "text_ids": shard.text_ids[index],
                     "text_source": meta["text_source"],
                     **{c: meta[c] for c in LABEL_COLUMNS},
                 }
             )
-        table = pa.Table.from_pylist(rows, schema=self.schema).replace_schema_metadata(
-            {**self.file_metadata, b"chexmix.input_hash": task.input_hash.encode()}
+        # The codes column straight from numpy: no Python ints (1,024 per image at 512 px).
+        codes_field = self.schema.field("image_codes")
+        index = self.schema.get_field_index("image_codes")
+        others = pa.schema([f for f in self.schema if f.name != "image_codes"])
+        flat = pa.array(np.ascontiguousarray(codes, dtype=np.int16).reshape(-1), type=pa.int16())
+        column = pa.FixedSizeListArray.from_arrays(flat, self.vq.codes_per_image)
+        table = pa.Table.from_pylist(rows, schema=others).add_column(index, codes_field, column)
+        return table.replace_schema_metadata(
+            {**self.file_metadata, b"chexmix.input_hash": shard.task.input_hash.encode()}
         )
+
+    def write(self, shard: LoadedShard, codes: Any, event: Any = None) -> dict[str, Any]:
+        """Write stage: wait for the codes, build the table, write it atomically + sha256."""
+        if event is not None:
+            event.synchronize()
+        codes = codes.numpy() if hasattr(codes, "numpy") else np.asarray(codes)
+        if codes.shape != (len(shard.image_ids), self.vq.codes_per_image):
+            raise ValueError(
+                f"shard {shard.task.shard}: codes of shape {codes.shape} for "
+                f"{len(shard.image_ids)} images of {self.vq.codes_per_image} codes"
+            )
+        table = self.build_table(shard, codes)
+        target = self.out_dir / f"{shard.task.shard}.parquet"
         sha = write_parquet(table, target, row_group_size=ROW_GROUP_ROWS)
         return {
-            "shard": task.shard,
-            "num_rows": len(rows),
+            "shard": shard.task.shard,
+            "num_rows": table.num_rows,
             "sha256": sha,
             "reused": False,
             "node_id": self.node_id,
         }
+
+    # -- drivers ---------------------------------------------------------------------------
+
+    def process(self, task: TokenTask) -> dict[str, Any]:
+        """Tokenize one shard (or reuse it when its inputs are unchanged)."""
+        return self.process_all([task])[0]
+
+    def process_all(self, tasks: list[TokenTask]) -> list[dict[str, Any]]:
+        """Tokenize ``tasks`` in order; summaries in the same order.
+
+        With ``overlap``, reading/decoding the next shard and writing the previous one run in
+        background threads while this thread feeds the encoder (at most one shard read ahead,
+        two writes pending). The first error of any stage is raised here, after pending work is
+        cancelled and running work has finished (a shard is only ever written whole).
+        """
+        tasks = list(tasks)
+        if not self.overlap:
+            summaries = []
+            for task in tasks:
+                loaded = self.load(task)
+                if isinstance(loaded, dict):
+                    summaries.append(loaded)
+                else:
+                    summaries.append(self.write(loaded, *self.encode(loaded.images)))
+            return summaries
+        return self._pipelined(tasks)
+
+    def _pipelined(self, tasks: list[TokenTask]) -> list[dict[str, Any]]:
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        reader = ThreadPoolExecutor(1, thread_name_prefix="token-shard-read")
+        writer = ThreadPoolExecutor(1, thread_name_prefix="token-shard-write")
+        loads: deque[Future] = deque()
+        writes: deque[Future] = deque()
+        summaries: list[dict[str, Any]] = []
+        pending = iter(tasks)
+
+        def read_ahead() -> None:
+            task = next(pending, None)
+            if task is not None:
+                loads.append(reader.submit(self.load, task))
+
+        def raise_failed_write() -> None:
+            for future in writes:
+                if future.done() and future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+
+        try:
+            read_ahead()
+            while loads:
+                loaded = loads.popleft().result()
+                read_ahead()  # the next shard is read while this one is on the device
+                if isinstance(loaded, dict):
+                    done: Future = Future()
+                    done.set_result(loaded)
+                    writes.append(done)
+                else:
+                    raise_failed_write()
+                    writes.append(writer.submit(self.write, loaded, *self.encode(loaded.images)))
+                while writes and (len(writes) > 2 or writes[0].done()):
+                    summaries.append(writes.popleft().result())
+            while writes:
+                summaries.append(writes.popleft().result())
+        finally:
+            for future in (*loads, *writes):
+                future.cancel()
+            reader.shutdown(wait=True, cancel_futures=True)
+            writer.shutdown(wait=True, cancel_futures=True)
+        return summaries
 
 
 def finalize_token_shards(

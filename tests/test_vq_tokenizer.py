@@ -583,3 +583,72 @@ def test_adversarial_path_after_warmup_is_finite() -> None:
     state = result.state.state_dict()
     assert state["discriminator"] is not None and state["step"] == 6
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# encode options (precision, compile, memory format)
+
+
+def test_encode_options_validation_and_default_path_is_the_reference(
+    debug_model: VQTokenizer,
+) -> None:
+    from models.vq_tokenizer import CPU_CHUNK, EncodeOptions
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        EncodeOptions(precision="fp8")
+    with pytest.raises(ValueError, match="compile must be a bool"):
+        EncodeOptions(compile="yes")  # type: ignore[arg-type]
+    imgs = blobs(20, seed=5)
+    with torch.inference_mode():  # the plain composition, chunked as encode does on CPU
+        ref = torch.cat(
+            [
+                debug_model.nearest_codes(debug_model.encode_latents(debug_model.to_model_input(c)))
+                for c in imgs.split(CPU_CHUNK)
+            ]
+        )
+    assert debug_model.encode_options == EncodeOptions()
+    assert torch.equal(debug_model.encode(imgs), ref)
+    on_device = debug_model.encode_on_device(imgs, pad_to=64)
+    assert on_device.dtype == torch.long and torch.equal(on_device, ref)
+    assert debug_model.encode_on_device(imgs[:0]).shape == (0, 8, 8)
+
+
+def test_reduced_precision_and_nchw_agree_and_reset_restores_exact_codes() -> None:
+    torch.manual_seed(0)
+    model = VQTokenizer(config_from_preset("debug")).eval()
+    imgs = blobs(24, seed=6)
+    with torch.no_grad():  # codebook from the model's own latents: realistic margins
+        z = model.encode_latents(model.to_model_input(imgs)).permute(0, 2, 3, 1)
+        flat = z.reshape(-1, z.shape[-1])
+        model.quantize._codebook.embed.copy_(flat[torch.randperm(flat.shape[0])[:32]][None])
+    ref = model.encode(imgs)
+    assert ref.unique().numel() > 8
+    for fields, floor in (
+        ({"channels_last": False}, 0.99),
+        ({"precision": "float16"}, 0.98),
+        ({"precision": "bfloat16"}, 0.9),
+    ):
+        model.set_encode_options(**fields)
+        codes = model.encode(imgs)
+        assert (codes == ref).float().mean() >= floor, fields
+        assert model.encode_on_device(imgs, pad_to=16).shape == ref.shape
+    model.set_encode_options(channels_last=False)
+    assert model.conv_in_weight.is_contiguous()  # NCHW weights
+    model.set_encode_options()  # back to the defaults: the exact reference codes again
+    assert model.conv_in_weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(model.encode(imgs), ref)
+
+
+@pytest.mark.slow
+def test_compiled_encoder_pads_to_one_shape_and_matches_eager() -> None:
+    """torch.compile on CPU (~30-100 s on 2 cores): the opt-in ``slow`` tier."""
+    torch.manual_seed(0)
+    model = VQTokenizer(config_from_preset("debug")).eval()
+    imgs = blobs(20, seed=7)
+    ref = model.encode(imgs)
+    model.compile_encoder()
+    assert model.encode_options.compile
+    codes = model.encode(imgs, batch_size=8)  # chunks 8, 8, 4 (padded to 8): one graph
+    assert (codes == ref).float().mean() >= 0.99
+    model.set_encode_options()
+    assert torch.equal(model.encode(imgs), ref)
