@@ -19,8 +19,8 @@ noise; stored at the preset's size unless ``--image-size``) as image shards in
 Each encoder setting of ``--settings`` (``fp32``: the reference eager float32 encoder; ``bf16``:
 bf16 autocast; ``fp16``; ``compile``: fp32 compiled; ``fast``: bf16 + torch.compile +
 channels_last; ``fast16``: the same in fp16; ``fast_nchw``: ``fast`` in NCHW) gets one
-``ShardTokenizer`` (its load, and the first batch,
-which compiles and autotunes, are timed apart) and ``--repeats`` interleaved rounds of:
+``ShardTokenizer`` (its load, and the first batch, which compiles and autotunes, are timed apart)
+and ``--repeats`` interleaved rounds of:
 
 * path: ``process_all`` over every shard with a fresh ``input_hash`` (never reused): plan +
   image Parquet read and pixel decode into pinned memory (reader thread), uint8 host->device

@@ -103,8 +103,12 @@ def test_cuda_path_writes_the_bare_codes_and_fast_settings_agree(inputs):
     assert [s["num_rows"] for s in summaries] == [t.num_items for t in tasks]
     assert fp32.vq.conv_in_weight.device.type == "cuda"
     reference = shard_codes(root, "fp32", tasks)
-    bare = fp32.vq.encode(images.cuda(), batch_size=16).reshape(len(pixels), -1).numpy()
-    assert agreement(reference, bare) == 1.0  # same model, same batches: same kernels
+    bare, start = [], 0
+    for task in tasks:  # the path's batches: 16-image slices of each shard
+        part = images[start : start + task.num_items].cuda()
+        start += task.num_items
+        bare.append(fp32.vq.encode(part, batch_size=16).reshape(task.num_items, -1).numpy())
+    assert agreement(reference, np.concatenate(bare)) == 1.0  # same model, shapes, kernels
     cpu = load_checkpoint(root / "vq").encode(images).reshape(len(pixels), -1).numpy()
     assert agreement(reference, cpu) >= 0.99
 
