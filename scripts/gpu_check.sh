@@ -3,7 +3,7 @@
 #
 #   bash scripts/gpu_check.sh OUT_DIR [PHASE ...]
 #
-# Phases (default: all, in this order): train (radphi2 stage 1: eager-vs-compiled loss parity,
+# Phases (default: all, in this order; most wanted first): train (radphi2 stage 1: eager-vs-compiled loss parity,
 # bare loop, Ray Train 1 GPU worker), train2 (radphi2 stage 2, bare, and a larger batch),
 # tokenize (chexmix VQ tokenization at 512 px, path vs bare, fp32 vs bf16 + compile), tests
 # (pytest -m gpu), evaluate (one radphi2 checkpoint's four evaluation tasks, MIMIC-CXR
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu_check.sh OUT_DIR [PHASE ...]}
 shift
 PHASES=("$@")
-[ ${#PHASES[@]} -eq 0 ] && PHASES=(train train2 tokenize tests evaluate)
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(train tokenize tests train2 evaluate)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
 export DO_NOT_TRACK=true RAY_USAGE_STATS_ENABLED=0 RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2
@@ -43,7 +43,8 @@ fi
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 } > "$OUT/env.txt" 2>&1
 
-DEV=cuda LM=radphi2 VQ=chexmix BATCH=16 PBATCH=8 XBATCH=24 WARM=5 STEPS=20 LOGE=5 TOKARGS=() EVALARGS=()
+DEV=cuda LM=radphi2 VQ=chexmix BATCH=16 PBATCH=8 XBATCH=24 WARM=5 STEPS=20 LOGE=5
+TOKARGS=(--max-seconds 110) EVALARGS=(--max-seconds 80)
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
   DEV=cpu LM=debug VQ=debug BATCH=4 PBATCH=4 XBATCH=8 WARM=2 STEPS=2 LOGE=2
   TOKARGS=(--images 16 --repeats 1) EVALARGS=(--images 8)
