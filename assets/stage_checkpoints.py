@@ -10,6 +10,7 @@ steps as stage 2 trains, so "stage 2 beats stage 1" can be told apart from "more
 (the CheXmix ablation's "stage 1 continued (equal steps)").
 """
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
-from pydantic import Field
 
 from assets import paths
 from cxr.previews import markdown_image
@@ -48,63 +48,129 @@ STAGE2 = Arm("stage2_checkpoint", 2, init_asset="stage1_checkpoint")
 STAGE1_CONTINUED = Arm("stage1_continued_checkpoint", 1, init_asset="stage1_checkpoint")
 
 
-class StageConfig(dg.Config):
-    """Model preset, optimisation and distribution of one training stage."""
+@dataclass(frozen=True)
+class TrainingRun:
+    """How a training stage runs (what it optimises is ``models.lm_train.LMTrainConfig``).
 
-    lm_preset: str = Field(
-        default="small", description="debug (tests), small (CPU demo), radphi2 (32 x 2560, GPUs)"
-    )
-    steps: int = Field(default=150, description="Optimizer steps (small: ~3 min on 2 cores)")
-    batch_size: int = Field(default=8, description="Sequences per step and per worker")
-    lr: float = Field(default=1e-3, description="Peak AdamW learning rate")
-    warmup_steps: int = Field(default=20, description="Linear warm-up steps")
-    image_loss_weight: float = Field(default=1.0, description="Weight of image-code targets")
-    text_loss_weight: float = Field(default=1.0, description="Weight of report-text targets")
-    loss_on: str = Field(
-        default="all",
-        description="Stage 2: 'all' image/text targets in the loss (default) or only 'masked' ones",
-    )
-    image_mask_ratio_max: float = Field(default=0.8, description="Stage 2: image mask ~ U(0, max)")
-    text_mask_ratio_max: float = Field(default=0.8, description="Stage 2: text mask ~ U(0, max)")
-    max_text_tokens: int = Field(default=128, description="Report tokens kept per sequence")
-    checkpoint_every: int = Field(default=100, description="Checkpoint every N steps")
-    use_ray: bool = Field(default=True, description="Ray Train (TorchTrainer); False = in-process")
-    num_workers: int = Field(default=1, description="Ray Train workers (DDP)")
-    placement_strategy: str = Field(
-        default="PACK",
-        description="Where Ray puts the workers: PACK (fewest nodes), SPREAD (distinct nodes if "
-        "possible), STRICT_PACK (one node) or STRICT_SPREAD (one node per worker; waits for them)",
-    )
-    use_gpu: bool = Field(default=False, description="One GPU per worker")
-    max_failures: int = Field(default=2, description="Worker-group restarts, each resuming")
-    dtype: str = Field(default="float32", description="float32, or bfloat16 autocast on GPUs")
-    seed: int = Field(default=0, description="Seed of init, data order and masking")
-    pretrained_path: str = Field(
-        default="",
-        description="Stage 1 only: local Phi weights (e.g. RadPhi-2) to start from; the "
-        "vocabulary is resized as CheXmix does",
-    )
-    val_max_rows: int = Field(default=512, description="VALIDATE sequences for the val loss")
+    Attributes:
+        lm_preset: Model shape: debug (tests), small (CPU demo), radphi2 (32 x 2560, GPUs).
+        use_ray: Ray Train (TorchTrainer); False trains in the asset's process.
+        num_workers: Ray Train workers (DDP; one GPU each with use_gpu).
+        placement_strategy: Where Ray puts the workers: PACK (fewest nodes), SPREAD (distinct
+            nodes if possible), STRICT_PACK (one node) or STRICT_SPREAD (one node per worker;
+            waits for them).
+        use_gpu: One GPU per worker.
+        max_failures: Worker-group restarts, each resuming from the latest checkpoint.
+        pretrained_path: Stage 1 only: local Phi weights (e.g. RadPhi-2) to start from; the
+            vocabulary is resized as CheXmix does.
+        val_max_rows: VALIDATE sequences for the validation loss after training.
+    """
+
+    lm_preset: str = "small"
+    use_ray: bool = True
+    num_workers: int = 1
+    placement_strategy: str = "PACK"
+    use_gpu: bool = False
+    max_failures: int = 2
+    pretrained_path: str = ""
+    val_max_rows: int = 512
+
+    def __post_init__(self) -> None:
+        from pipelines.ray_training import PLACEMENT_STRATEGIES
+
+        errors = []
+        if self.lm_preset not in LM_PRESET_NAMES:
+            errors.append(f"lm_preset must be one of {LM_PRESET_NAMES}, got {self.lm_preset!r}")
+        if self.num_workers < 1:
+            errors.append(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            errors.append(
+                f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, "
+                f"got {self.placement_strategy!r}"
+            )
+        if self.max_failures < 0 or self.val_max_rows < 0:
+            errors.append("max_failures and val_max_rows must be >= 0")
+        if errors:
+            raise ValueError("invalid training run: " + "; ".join(errors))
 
 
-def _train_config(config: StageConfig, stage: int) -> dict[str, Any]:
-    return {
-        "stage": stage,
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "warmup_steps": min(config.warmup_steps, max(config.steps - 1, 0)),
-        "image_loss_weight": config.image_loss_weight,
-        "text_loss_weight": config.text_loss_weight,
-        "loss_on": config.loss_on if stage == 2 else "all",
-        "image_mask_ratio_range": (0.0, config.image_mask_ratio_max),
-        "text_mask_ratio_range": (0.0, config.text_mask_ratio_max),
-        "seed": config.seed,
-        "log_every": max(1, config.steps // 50),
-        "checkpoint_every": config.checkpoint_every,
-        "max_text_tokens": config.max_text_tokens,
-        "dtype": config.dtype,
-    }
+#: ``models.early_fusion.LM_PRESETS`` names (not imported: that module loads torch).
+LM_PRESET_NAMES = ("debug", "small", "radphi2")
+
+#: Named bundles of overrides of ``LMTrainConfig`` and ``TrainingRun`` fields. A field the run
+#: config leaves unset takes the preset's value, else the core default.
+TRAINING_PRESETS: dict[str, dict[str, Any]] = {
+    # tests: a few steps in-process
+    "debug": {
+        "lm_preset": "debug",
+        "steps": 16,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "warmup_steps": 2,
+        "max_text_tokens": 32,
+        "checkpoint_every": 8,
+        "use_ray": False,
+        "val_max_rows": 32,
+    },
+    # the CPU demo (make demo): the small model, ~3 min per arm on 2 cores
+    "demo": {
+        "lm_preset": "small",
+        "steps": 150,
+        "lr": 1e-3,
+        "warmup_steps": 20,
+        "max_text_tokens": 128,
+        "checkpoint_every": 100,
+    },
+    # RadPhi-2's shape on GPUs: bf16 autocast, regional compile, batch 16 per GPU
+    "radphi2": {
+        "lm_preset": "radphi2",
+        "use_gpu": True,
+        "dtype": "bfloat16",
+        "compile": True,
+        "batch_size": 16,
+        "max_text_tokens": 128,
+    },
+}
+
+#: Fields the training assets set themselves.
+ASSET_SET_FIELDS = ("stage",)
+
+
+def _stage_config_class() -> type[dg.Config]:
+    from models.train_config import LMTrainConfig
+    from pipelines.config import config_class
+
+    return config_class(
+        "StageConfig",
+        "Training of one arm: the LMTrainConfig and TrainingRun fields, each unset one taken "
+        "from the preset, else its core default.",
+        [LMTrainConfig, TrainingRun],
+        TRAINING_PRESETS,
+        default_preset="demo",
+        exclude=ASSET_SET_FIELDS,
+    )
+
+
+StageConfig = _stage_config_class()
+
+
+def stage_settings(config: dg.Config, objective: int) -> tuple[Any, TrainingRun]:
+    """The validated ``(LMTrainConfig, TrainingRun)`` of a run config for one objective."""
+    from models.train_config import LMTrainConfig
+    from pipelines.config import resolve, resolve_preset
+
+    values = resolve_preset(config, TRAINING_PRESETS)
+    steps = int(values.get("steps", LMTrainConfig.steps))
+    fixed: dict[str, Any] = {"stage": objective}
+    # a short run keeps one step after the warm-up; stage 1 trains on every target
+    fixed["warmup_steps"] = min(
+        int(values.get("warmup_steps", LMTrainConfig.warmup_steps)), max(steps - 1, 0)
+    )
+    if objective == 1:
+        fixed["loss_on"] = "all"
+    if "log_every" not in values:
+        fixed["log_every"] = max(1, steps // 50)
+    return resolve(LMTrainConfig, values, **fixed), resolve(TrainingRun, values)
 
 
 def _loss_curve_png(history: list[dict[str, float]], title: str) -> bytes:
@@ -159,18 +225,20 @@ def train_stage(
         init_path, _ = verified_from_pointer(storage.path(*paths.TRAINING_POINTERS[arm.init_asset]))
         init_checkpoint = str(init_path)
         inputs.append(arm.init_asset)
-    train_config = _train_config(config, arm.objective)
+    train, run_settings = stage_settings(config, arm.objective)
+    train_config = train.to_dict()
+    run_config = dataclasses.asdict(run_settings)
     loop_config: dict[str, Any] = {
         "shard_paths": shard_paths,
         "vocab_path": str(vocab_path),
         "train": train_config,
-        "lm_preset": config.lm_preset,
+        "lm_preset": run_settings.lm_preset,
         "split": "train",
     }
     if init_checkpoint:
         loop_config["init_checkpoint"] = init_checkpoint
-    if config.pretrained_path and not arm.init_asset:
-        loop_config["pretrained_path"] = config.pretrained_path
+    if run_settings.pretrained_path and not arm.init_asset:
+        loop_config["pretrained_path"] = run_settings.pretrained_path
     hashes = {
         "token_shards_hash": token_manifest["content_hash"],
         "image_tokenizer_sha256": token_manifest["image_tokenizer_sha256"],
@@ -192,12 +260,21 @@ def train_stage(
         mlflow.log_params(
             {
                 **{f"train.{k}": v for k, v in train_config.items()},
-                **{k: v for k, v in config.model_dump().items() if k not in train_config},
+                **{f"run.{k}": v for k, v in run_config.items()},
+                "preset": config.preset,
                 **hashes,
             }
         )
         history, summary, final = _run(
-            context, config, loop_config, storage, ray, arm.folder, run_tag, shard_paths, vocab
+            context,
+            run_settings,
+            loop_config,
+            storage,
+            ray,
+            arm.folder,
+            run_tag,
+            shard_paths,
+            vocab,
         )
         for row in history:
             mlflow.log_metrics(
@@ -210,10 +287,10 @@ def train_stage(
             iter_eval_batches(
                 shard_paths,
                 vocab,
-                batch_size=config.batch_size,
-                max_text_tokens=config.max_text_tokens,
+                batch_size=train.batch_size,
+                max_text_tokens=train.max_text_tokens,
                 split="validate",
-                max_rows=config.val_max_rows,
+                max_rows=run_settings.val_max_rows,
             ),
             vocab,
         )
@@ -232,7 +309,7 @@ def train_stage(
                 "stage": arm.objective,
                 "arm": arm.folder,
                 "step": step,
-                "lm_preset": config.lm_preset,
+                "lm_preset": run_settings.lm_preset,
                 "val": {k: float(v) for k, v in val.items() if isinstance(v, int | float)},
                 "mlflow_run_id": run.info.run_id,
                 "dagster_run_id": context.run.run_id,
@@ -262,7 +339,7 @@ def train_stage(
         [str(target), str(pointer)],
         manifest["content_hash"],
         inputs=inputs,
-        config={**config.model_dump(), **hashes},
+        config={"preset": config.preset, "train": train_config, "run": run_config, **hashes},
     )
     first = history[0] if history else {}
     last = history[-1] if history else {}
@@ -291,7 +368,7 @@ def train_stage(
 
 def _run(
     context: dg.AssetExecutionContext,
-    config: StageConfig,
+    config: TrainingRun,
     loop_config: dict[str, Any],
     storage: StorageResource,
     ray: RayResource,
@@ -327,7 +404,7 @@ def _run(
 
     train_config = LMTrainConfig.from_dict(loop_config["train"])
     lm_config = lm_config_from_preset(config.lm_preset)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(train_config.seed)
     if loop_config.get("init_checkpoint"):
         model, _ = load_lm_checkpoint(loop_config["init_checkpoint"])
         model.train()
@@ -340,7 +417,7 @@ def _run(
         train_config.batch_size,
         train_config.max_text_tokens,
         split="train",
-        seed=config.seed,
+        seed=train_config.seed,
     )
     checkpoint_dir = storage.path(*CHECKPOINTS_ROOT, "local", f"{name}-{run_tag}")
     result = train_lm(
@@ -392,6 +469,11 @@ def training_asset(arm: Arm, description: str) -> dg.AssetsDefinition:
         return train_stage(context, config, arm, storage, mlflow_tracking, ray)
 
     return train
+
+
+def stage_checkpoints_assets() -> list[dg.AssetsDefinition]:
+    """The training assets of this module (one per arm)."""
+    return [stage1_checkpoint, stage2_checkpoint, stage1_continued_checkpoint]
 
 
 stage1_checkpoint = training_asset(

@@ -17,6 +17,7 @@ from typing import Any, overload
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cxr.duck import scratch_connection
 from cxr.labeler import (
     OBSERVATIONS,
     UNCERTAINTY_POLICIES,
@@ -218,8 +219,6 @@ def ground_truth_agreement(
     """
     import csv
 
-    import duckdb
-
     from cxr.label_eval import agreement
 
     columns = [column_name(o) for o in OBSERVATIONS]
@@ -248,8 +247,7 @@ def ground_truth_agreement(
                     rows = []
             writer.write_table(pa.Table.from_pylist(rows, schema=truth_schema))
         selected = ", ".join(f'l."{c}" AS "pred_{c}", t."{c}" AS "truth_{c}"' for c in columns)
-        con = duckdb.connect()
-        con.execute("SET threads = 2")
+        con = scratch_connection()
         con.execute("SET memory_limit = '128MB'")  # DuckDB spills the join instead of growing
         con.execute("SET preserve_insertion_order = false")  # agreement is order-free
         con.execute(f"SET temp_directory = '{Path(tmp_dir) / 'duckdb'}'")

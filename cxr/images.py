@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cxr.duck import scratch_connection
 from cxr.errors import ImageRejected
 from cxr.manifest import scrub_paths
 from cxr.storage import (
@@ -100,8 +100,7 @@ def plan_shards(
     """
     if images_per_shard < 1:
         raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
-    con = duckdb.connect()
-    con.execute("SET threads = 2")
+    con = scratch_connection()
     con.execute(
         f"""CREATE TABLE plan AS
             SELECT i.*, m.sha256 AS file_sha256, l.rel_path,

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cxr.duck import scratch_connection
 from cxr.errors import ImageRejected, RejectReason
 from cxr.privacy import Pseudonymizer
 from cxr.sources import ListedFile, SourceSpec, list_source
@@ -220,8 +220,7 @@ def scan_source(
         tmp = Path(tmp_dir)
         listing_path = tmp / "listing.parquet"
         _write_listing(spec, listing_path)
-        con = duckdb.connect()
-        con.execute("SET threads = 2")
+        con = scratch_connection()
         have_previous = manifest_path.exists() and locations_path.exists()
         if have_previous:
             unchanged_sql = f"""

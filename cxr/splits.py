@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.duck import scratch_connection
+
 SPLITS = ("train", "validate", "test")
 _OFFICIAL_ALIASES = {
     "train": "train",
@@ -103,14 +105,12 @@ def build_split_manifest(
     ``study_hash`` is a content hash of the study's inputs (report text and image ids), so a
     reader can tell which studies changed between two versions of the manifest.
     """
-    import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from cxr.storage import atomic_path
 
-    con = duckdb.connect()
-    con.execute("SET threads = 2")
+    con = scratch_connection()
     reader = con.sql(
         f"""SELECT s.patient_id, s.study_id,
                    coalesce(list_sort(list(i.image_id) FILTER (i.image_id IS NOT NULL)),

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from cxr.duck import scratch_connection
 from cxr.errors import RejectReason
 from cxr.manifest import HEADER_OK
 from cxr.privacy import Pseudonymizer
@@ -114,8 +115,7 @@ def build_studies(
             tmp / "reports.parquet",
             tmp / "rejected.parquet",
         )
-        con = duckdb.connect()
-        con.execute("SET threads = 2")
+        con = scratch_connection()
         con.execute(
             f"""CREATE VIEW manifest AS SELECT m.*, l.rel_path
                 FROM read_parquet('{manifest_path}') m

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxr.curation import column_name
+from cxr.duck import scratch_connection
 from cxr.labeler import OBSERVATIONS
 from cxr.storage import (
     atomic_path,
@@ -77,11 +78,9 @@ def plan_token_shards(
     names = [s["path"] for s in image_shards]
     if not names:
         return []
-    import duckdb
 
     files = ", ".join(f"'{images_dir / n}'" for n in names)
-    con = duckdb.connect()
-    con.execute("SET threads = 2")
+    con = scratch_connection()
     labels = ", ".join(f"l.{c}" for c in LABEL_COLUMNS)
     con.execute(
         f"""CREATE VIEW joined AS
