@@ -6,8 +6,11 @@
 
 ``register`` records any checkpoint directory (a published one with ``checkpoint.json`` or a
 ``train_lm`` folder with ``COMPLETE``) so that the sensor, or ``run``, evaluates it. ``run``
-adds the partitions to the Dagster instance ($DAGSTER_HOME) and materializes the four
-evaluation assets per checkpoint and then the leaderboard, as runs the UI shows.
+adds the partitions to the Dagster instance ($DAGSTER_HOME, default ``<project>/.dagster_home``
+as ``make`` sets it) and materializes the four evaluation assets per checkpoint and then the
+leaderboard, as runs the UI shows. Also ``chexmix evaluate ...``.
+
+Exit codes: 0 done (or nothing to do), 1 an evaluation failed, 2 usage error / unknown key.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import dagster as dg
 
 from pipelines.checkpoint_registry import discover, register
+from pipelines.instance import dagster_instance
 from pipelines.partitions import checkpoints_partitions, evaluated_partitions
 from pipelines.resources import StorageResource
 
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only-new", action="store_true", help="skip evaluated checkpoints")
     args = parser.parse_args(argv)
     root = StorageResource().root_path
-    instance = dg.DagsterInstance.get()
+    instance = dagster_instance()
     if args.command == "list":
         done = evaluated_partitions(instance)
         for ref in discover(root):
