@@ -296,11 +296,16 @@ def _check_ray() -> list[Finding]:
         return [Finding("FAIL", "ray", f"not importable: {exc}", "`make venv`")]
     address = os.environ.get("RAY_ADDRESS", "")
     if not address:
+        from pipelines.ray_auth import local_token_path
+
+        mode = os.environ.get("RAY_AUTH_MODE", "token")
+        auth = f"token auth ({local_token_path()})" if mode == "token" else f"auth {mode}"
         return [
             Finding(
-                "OK",
+                "OK" if mode == "token" else "WARN",
                 "ray",
-                f"{ray.__version__}; no RAY_ADDRESS: steps start a local Ray on 127.0.0.1",
+                f"{ray.__version__}; no RAY_ADDRESS: steps start a local Ray, {auth}",
+                "" if mode == "token" else "unset RAY_AUTH_MODE (its ports are not loopback-only)",
             )
         ]
     token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")

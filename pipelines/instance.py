@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
+if TYPE_CHECKING:
+    import dagster as dg
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
@@ -43,5 +45,7 @@ def ensure_dagster_home() -> Path:
 
 def dagster_instance() -> dg.DagsterInstance:
     """The persistent instance of ``ensure_dagster_home()``."""
+    import dagster as dg
+
     ensure_dagster_home()
     return dg.DagsterInstance.get()

@@ -8,9 +8,11 @@ on it, next to the patient data. So:
   ``RAY_AUTH_TOKEN`` (the value) or ``RAY_AUTH_TOKEN_PATH`` (a file), the same on every node
   and every driver; when neither is set, ``cluster_auth_env`` generates one into a 0600 file
   in the cluster's state folder. It is never written to the repository or a log;
-- the single-node LOCAL Ray a driver starts for itself, bound to 127.0.0.1, keeps
-  ``RAY_AUTH_MODE=disabled`` unless the environment says otherwise (token auth there costs
-  start-up time in every test and protects a port only this machine can reach; see README).
+- the single-node LOCAL Ray a driver starts for itself uses token auth too, by default: even
+  with ``_node_ip_address="127.0.0.1"``, Ray 2.60's GCS, raylet and workers listen on all
+  interfaces (measured), and token auth costs no measurable start-up time (README). Its token
+  is ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` when set, else ``<DAGSTER_HOME>/ray_auth_token``
+  (generated, 0600). An explicit ``RAY_AUTH_MODE`` (the tests' ``disabled``) is respected.
 
 No Dagster here; Ray is imported only inside functions.
 """
@@ -38,18 +40,36 @@ class RayAuthError(RuntimeError):
 def write_token_file(path: Path) -> Path:
     """Create ``path`` with a new random 256-bit token, mode 0600, if it does not exist yet.
 
+    The token is written to a private temporary file and linked into place, so a concurrent
+    reader never sees an empty file and two concurrent writers agree on one token.
+
     Returns:
         ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return path
-    with os.fdopen(handle, "w") as out:
-        out.write(secrets.token_hex(32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(secrets.token_hex(32))
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won: use its token
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def local_token_path() -> Path:
+    """Where the local Ray's generated token lives: ``<DAGSTER_HOME>/ray_auth_token``."""
+    from pipelines.instance import project_root
+
+    home = os.environ.get("DAGSTER_HOME") or str(project_root() / ".dagster_home")
+    return Path(home) / "ray_auth_token"
 
 
 def _check_token_file(path: Path) -> Path:
@@ -98,20 +118,21 @@ def _refresh_ray_config() -> None:
 
 
 def prepare_ray_auth(address: str) -> None:
-    """Set this process up to ``ray.init`` at ``address`` ('' = a local loopback Ray).
+    """Set this process up to ``ray.init`` at ``address`` ('' = a local single-node Ray).
 
     A cluster address always means token auth: ``RAY_AUTH_MODE`` is set to ``token`` (an
     inherited ``disabled`` is overridden) and a token must be available. A local Ray gets
-    ``RAY_AUTH_MODE=disabled`` unless the variable is already set.
+    ``RAY_AUTH_MODE=token`` with the token of the environment or ``local_token_path()``
+    (generated when absent), unless ``RAY_AUTH_MODE`` is already set.
 
     Raises:
         RayAuthError: Joining a cluster, but no token is set and Ray's default token file
-            (``~/.ray/auth_token``) does not exist.
+            (``~/.ray/auth_token``) does not exist; or the token file is missing, empty or
+            readable by other users.
     """
+    has_token = bool(os.environ.get(TOKEN) or os.environ.get(TOKEN_PATH))
     if address:
-        if os.environ.get(TOKEN_PATH):
-            _check_token_file(os.environ[TOKEN_PATH])
-        elif not os.environ.get(TOKEN) and not RAY_DEFAULT_TOKEN.expanduser().is_file():
+        if not has_token and not RAY_DEFAULT_TOKEN.expanduser().is_file():
             raise RayAuthError(
                 f"the Ray cluster at {address} requires token authentication, but no token is "
                 f"set: export {TOKEN_PATH}=<the cluster's token file> (or {TOKEN}=<token>); "
@@ -119,5 +140,9 @@ def prepare_ray_auth(address: str) -> None:
             )
         os.environ[AUTH_MODE] = "token"
     else:
-        os.environ.setdefault(AUTH_MODE, "disabled")
+        os.environ.setdefault(AUTH_MODE, "token")
+        if os.environ[AUTH_MODE] == "token" and not has_token:  # never Ray's ~/.ray default
+            os.environ[TOKEN_PATH] = str(write_token_file(local_token_path()))
+    if os.environ.get(AUTH_MODE) == "token" and os.environ.get(TOKEN_PATH):
+        _check_token_file(Path(os.environ[TOKEN_PATH]))
     _refresh_ray_config()

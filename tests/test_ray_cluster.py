@@ -231,14 +231,17 @@ print(f"after {time.monotonic() - started:.1f} s")
 
 
 def _probe(address: str, home: Path, **auth: str) -> str:
-    """A fresh driver process joining ``address`` (loopback) with only ``auth`` set."""
+    """A fresh driver process joining ``address`` (loopback) with only ``auth`` set.
+
+    Bounded: Ray gives up after ~20 s of refused attempts; the process is killed at 120 s.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.update(auth, HOME=str(home), RAY_USAGE_STATS_ENABLED="0")  # no ~/.ray/auth_token
     done = subprocess.run(
         [sys.executable, "-c", PROBE, address], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return done.stdout + done.stderr  # Ray logs the GCS's reason for refusing on stderr
 
 
 @pytest.mark.integration
