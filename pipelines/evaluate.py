@@ -29,7 +29,6 @@ from pipelines.resources import StorageResource
 def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
     """Add partitions, materialize the evaluation assets per key, then the leaderboard."""
     from assets.evaluation import EVAL_ASSETS
-    from assets.leaderboard import leaderboard
     from pipelines.resources import default_resources
 
     existing = set(instance.get_dynamic_partitions(checkpoints_partitions.name))
@@ -49,11 +48,19 @@ def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
         sys.stdout.write(f"{key}: {'evaluated' if result.success else 'FAILED'}\n")
         ok &= result.success
     if keys:
-        board = dg.materialize(
-            [leaderboard], instance=instance, resources=resources, raise_on_error=False
-        )
-        ok &= board.success
+        ok &= rebuild_leaderboard(instance)
     return ok
+
+
+def rebuild_leaderboard(instance: dg.DagsterInstance) -> bool:
+    """Materialize the leaderboard asset (what ``leaderboard_sensor`` requests); True if it ran."""
+    from assets.leaderboard import leaderboard
+    from pipelines.resources import default_resources
+
+    board = dg.materialize(
+        [leaderboard], instance=instance, resources=default_resources(), raise_on_error=False
+    )
+    return board.success
 
 
 def main(argv: list[str] | None = None) -> int:
