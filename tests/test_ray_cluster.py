@@ -163,15 +163,30 @@ def test_stop_without_a_recorded_cluster_is_a_clear_error(tmp_path):
     assert done.returncode == 1 and "no cluster.json" in done.stderr
 
 
+@pytest.fixture()
+def cluster_driver(cluster, monkeypatch):
+    """This process as a driver of the cluster (its token); afterwards as it was before.
+
+    Ray caches the auth mode per process: later tests start local Rays with the suite's
+    ``RAY_AUTH_MODE=disabled``, so the cache is refreshed once the variables are restored.
+    """
+    from pipelines.ray_auth import _refresh_ray_config
+
+    monkeypatch.setenv("RAY_ADDRESS", cluster["address"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", cluster["token_path"])
+    yield cluster
+    monkeypatch.undo()
+    _refresh_ray_config()
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(SCRIPT_TIMEOUT_S)
-def test_tokenization_and_training_run_on_both_nodes(upstream, cluster, monkeypatch):
+def test_tokenization_and_training_run_on_both_nodes(upstream, cluster_driver):
     import ray
 
     archive, storage = upstream
-    monkeypatch.setenv("RAY_ADDRESS", cluster["address"])
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # restored after the test: local Rays stay open
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", cluster["token_path"])
+    cluster = cluster_driver
     ray.shutdown()
     cluster_nodes = {n["node_id"] for n in cluster["nodes"]}
     stage1 = {
