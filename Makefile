@@ -13,7 +13,8 @@ export CHEXMIX_SOURCE_ROOT ?= $(CURDIR)/data/demo
 export CHEXMIX_STORAGE_ROOT ?= $(CURDIR)/storage
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
-export RAY_AUTH_MODE := disabled
+# Ray auth: no global RAY_AUTH_MODE=disabled. A cluster (cluster-demo, any RAY_ADDRESS) always runs
+# with RAY_AUTH_MODE=token, and so does the local Ray a step starts (pipelines/ray_auth.py).
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export HF_HUB_OFFLINE := 1
@@ -62,6 +63,8 @@ lint: venv
 
 # A real 2-node Ray cluster on this machine (separate `ray start` processes, 1 CPU each):
 # tokenization and a short stage 1 (STRICT_SPREAD) on the demo storage; stopped by PID.
+# Token auth: $RAY_AUTH_TOKEN / $RAY_AUTH_TOKEN_PATH, else a token generated once into
+# $(CLUSTER_STATE)/auth_token (mode 0600).
 CLUSTER_STATE ?= $(DAGSTER_HOME)/ray_cluster
 CLUSTER_STEPS ?= 20
 cluster-demo: venv $(DAGSTER_HOME)/dagster.yaml

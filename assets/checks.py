@@ -8,6 +8,8 @@ import dagster as dg
 import duckdb
 
 from assets import paths
+from cxr.previews import markdown_table
+from cxr.quarantine import counts_by_reason, quarantine_sources, summary_line
 from pipelines.resources import MLflowResource, SourceResource, StorageResource
 
 
@@ -25,6 +27,8 @@ def _images_glob(storage: StorageResource) -> str:
 @dg.asset_check(asset="cxr_images", blocking=True, description="Enough image files decode.")
 def decode_success_rate(config: DecodeRateConfig, storage: StorageResource) -> dg.AssetCheckResult:
     """Of the image files ingest tried to decode, the fraction that decoded.
+
+    The description summarises the quarantine by reason (why the rest failed), passed or not.
 
     Denominator: image files (DICOM + raster) in the manifest, minus those set aside at the
     studies stage for non-decoding reasons (duplicate instances, missing identifiers, files no
@@ -44,15 +48,36 @@ def decode_success_rate(config: DecodeRateConfig, storage: StorageResource) -> d
     ).fetchall()[0][0]
     con.close()
     rate = decoded / scanned if scanned else 0.0
+    passed = scanned > 0 and rate >= config.min_success_rate
+    by_reason = counts_by_reason(quarantine_sources(rejected, storage.path(*paths.IMAGES_DIR)))
+    if not scanned:
+        verdict = "no image files were scanned"
+    else:
+        verdict = (
+            f"{decoded} of {scanned} image files decoded ({rate:.1%}; floor "
+            f"{config.min_success_rate:.0%})"
+        )
+    description = f"{verdict}. {summary_line(by_reason)}"
+    if not passed:
+        description += (
+            f". Every file and its reason: {storage.path(*paths.QUARANTINE)} (DuckDB view "
+            "ingest_quarantine, and the ingest_quarantine asset in the UI)"
+        )
     return dg.AssetCheckResult(
-        passed=scanned > 0 and rate >= config.min_success_rate,
+        passed=passed,
         metadata={
             "image_files_attempted": scanned,
             "image_files_decoded": decoded,
             "success_rate": round(rate, 4),
             "min_success_rate": config.min_success_rate,
+            "quarantined_by_reason": dg.MetadataValue.md(
+                markdown_table(
+                    [{"reason": r, "stage": st, "count": n} for r, st, n in by_reason],
+                    ["reason", "stage", "count"],
+                )
+            ),
         },
-        description=None if scanned else "no image files were scanned",
+        description=description,
     )
 
 

@@ -1,6 +1,12 @@
-"""``cxr_images``: every usable image decoded to a model-ready uint8 array, in Parquet shards."""
+"""``cxr_images``: every usable image decoded to a model-ready uint8 array, in Parquet shards.
+
+The same step materializes ``ingest_quarantine`` right after decoding: blocking checks run
+after the step, so the table of why files were set aside exists even when
+``decode_success_rate`` then stops the run (an archive of mostly non-chest images, say).
+"""
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from assets import paths
+from assets.ingest_quarantine import INGEST_QUARANTINE, materialize_ingest_quarantine
 from cxr.images import (
     ShardTask,
     finalize_shards,
@@ -87,7 +94,8 @@ def run_shards(
     return dataset.map(work, num_cpus=1).take_all()
 
 
-@dg.asset(
+CXR_IMAGES = dg.AssetSpec(
+    "cxr_images",
     group_name="ingest",
     code_version="1",
     deps=["studies"],
@@ -96,7 +104,29 @@ def run_shards(
     "inversion -> optional percentile clip -> resize + centre crop) as zstd Parquet shards, "
     "with transfer syntax, decoder plugin, original size and photometric per image.",
 )
+
+
+@dg.multi_asset(specs=[CXR_IMAGES, INGEST_QUARANTINE], can_subset=True, name="cxr_images")
 def cxr_images(
+    context: dg.AssetExecutionContext,
+    config: CxrImagesConfig,
+    source: SourceResource,
+    storage: StorageResource,
+    ray: RayResource,
+) -> Iterator[dg.MaterializeResult]:
+    """Decode the study images, then union every stage's rejects into the quarantine."""
+    selected = {key.to_user_string() for key in context.selected_asset_keys}
+    if "cxr_images" in selected:
+        yield decode_images(context, config, source, storage, ray)
+        if "ingest_quarantine" not in selected:
+            context.log.warning(
+                "ingest_quarantine was not selected: its table still describes the previous run"
+            )
+    if "ingest_quarantine" in selected:
+        yield materialize_ingest_quarantine(context, storage)
+
+
+def decode_images(
     context: dg.AssetExecutionContext,
     config: CxrImagesConfig,
     source: SourceResource,
@@ -149,6 +179,7 @@ def cxr_images(
         content_hash,
         inputs=["studies"],
         config=config.model_dump(),
+        asset_key="cxr_images",
     )
     metadata: dict[str, Any] = {
         "num_images": num_images,
@@ -172,7 +203,9 @@ def cxr_images(
             markdown_table([dict(zip(columns, r, strict=True)) for r in decoders], columns)
         )
         metadata["preview"] = dg.MetadataValue.md(_preview(out_dir, summaries))
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(content_hash))
+    return dg.MaterializeResult(
+        asset_key="cxr_images", metadata=metadata, data_version=dg.DataVersion(content_hash)
+    )
 
 
 def _preview(out_dir: Path, summaries: list[dict[str, Any]], count: int = 12) -> str:

@@ -1,7 +1,6 @@
 """``image_tokenizer``: a VQ image tokenizer trained on TRAIN-split images, measured on VALIDATE."""
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +10,7 @@ from pydantic import Field
 from assets import paths
 from cxr.image_batches import split_images, train_batches
 from cxr.previews import markdown_image, markdown_table
+from cxr.storage import atomic_dir
 from pipelines.lineage import record_lineage
 from pipelines.resources import MLflowResource, RayResource, StorageResource
 
@@ -210,11 +210,8 @@ def image_tokenizer(
         grid = recon_grid_png(shown, recon)
         mlflow.log_image(_png_array(grid), "reconstructions.png")
         out = storage.path(*paths.IMAGE_TOKENIZER_DIR)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(model.cpu(), tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with atomic_dir(out) as tmp:  # the old tokenizer stays until the new one is complete
+            save_checkpoint(model.cpu(), tmp)
         sha = checkpoint_sha256(out)
         mlflow.log_artifacts(str(out), artifact_path="checkpoint")
         mlflow.set_tag("checkpoint_sha256", sha)

@@ -1,6 +1,5 @@
 """``text_tokenizer``: a byte-level BPE trained on TRAIN-split report text (or a local one)."""
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import duckdb
 from pydantic import Field
 
 from assets import paths
+from cxr.storage import atomic_dir
 from pipelines.lineage import record_lineage
 from pipelines.resources import StorageResource
 
@@ -53,8 +53,6 @@ def text_tokenizer(
     from models.text_tokenizer import load_tokenizer, tokenizer_sha256, train_bpe
 
     out = storage.path(*paths.TEXT_TOKENIZER_DIR)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     if config.pretrained_dir:
         tokenizer = load_tokenizer(Path(config.pretrained_dir))
         num_texts = 0
@@ -70,9 +68,8 @@ def text_tokenizer(
         num_texts = counter["n"]
         if num_texts == 0:
             raise dg.Failure("no TRAIN-split report text to train the tokenizer on")
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:  # the old tokenizer stays until the new one is complete
+        tokenizer.save_pretrained(str(tmp))
     sha = tokenizer_sha256(out)
     sample = "No pleural effusion or pneumothorax. The heart size is normal."
     pieces = tokenizer.convert_ids_to_tokens(

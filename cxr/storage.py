@@ -1,18 +1,22 @@
-"""Atomic, deterministic file writes under the storage root.
+"""Atomic, deterministic file and folder writes under the storage root.
 
-Every artifact is written to a temporary name in the same directory and renamed into place, so
-a reader never sees a partial file and a crashed run leaves at most a ``*.tmp-*`` file that the
-next run overwrites. Parquet files are written without timestamps, so the same rows give the
-same bytes (and the same content hash) on every run.
+Every artifact is written to a hidden temporary name in the same directory and renamed into
+place, so a reader never sees a partial file and a crashed run leaves at most a ``.*.tmp-*``
+entry that the next run removes. Folders (tokenizers, checkpoints) go through ``atomic_dir``:
+the old folder is replaced only once the new one is complete, by one atomic exchange. Parquet
+files are written without timestamps, so the same rows give the same bytes (and the same content
+hash) on every run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,7 +71,8 @@ def _write_failure(final: Path, tmp: Path, exc: OSError) -> bool:
         return True  # reads cannot fail this way
     names = {str(exc.filename or ""), str(getattr(exc, "filename2", "") or "")}
     ours = {str(tmp), str(final), str(final.parent)}
-    return bool(names & ours) or str(tmp) in str(exc) or str(final) in str(exc)
+    inside_tmp = any(name.startswith(str(tmp) + os.sep) for name in names)  # a folder's files
+    return bool(names & ours) or inside_tmp or str(tmp) in str(exc) or str(final) in str(exc)
 
 
 def storage_write_error(final: Path, exc: OSError) -> StorageWriteError:
@@ -105,6 +110,131 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):  # best effort: an unwritable folder keeps nothing
             tmp.unlink(missing_ok=True)
+
+
+OLD_MARK = ".old-"
+"""Infix of a replaced folder set aside by the fallback publish: ``.<name>.old-<8 hex>``."""
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        False where the C library, the kernel or the file system cannot exchange.
+
+    Raises:
+        OSError: The exchange is supported but failed (permissions, ...).
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        handle = os.open(path, flags)
+    except OSError:
+        return  # best effort (some file systems refuse to open folders)
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def restore_dir(final: Path) -> Path | None:
+    """Put back a folder set aside by an interrupted fallback publish, if ``final`` is missing.
+
+    The fallback (file systems without an atomic exchange) renames the old folder to
+    ``.<name>.old-*``, then the new one into place; a crash between the two renames leaves
+    ``final`` absent and the old version complete under the hidden name. Leftover ``.old-*``
+    folders next to a present ``final`` are removed.
+
+    Returns:
+        The restored folder, or None if nothing was restored.
+    """
+    final = Path(final)
+    set_aside = sorted(
+        final.parent.glob(f".{final.name}{OLD_MARK}*"), key=lambda p: p.stat().st_mtime
+    )
+    restored = None
+    if set_aside and not final.exists():
+        os.rename(set_aside.pop(), final)
+        restored = final
+    for stale in set_aside:
+        shutil.rmtree(stale, ignore_errors=True)
+    return restored
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Move the complete folder ``tmp`` onto ``final``; afterwards ``tmp`` holds the old one."""
+    if not final.exists():
+        try:
+            os.rename(tmp, final)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # another writer got there
+                raise
+    if _exchange(tmp, final):
+        return
+    old = final.with_name(f".{final.name}{OLD_MARK}{uuid.uuid4().hex[:8]}")
+    os.rename(final, old)
+    os.rename(tmp, final)
+    os.rename(old, tmp)  # the caller removes tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``final``; publish it as ``final`` if the block succeeds.
+
+    The block writes the whole output into the yielded folder. On success its files are
+    fsynced and the folder replaces ``final`` by one atomic ``renameat2(RENAME_EXCHANGE)`` (a
+    plain rename when there is no old version; on file systems without the exchange, two renames
+    that ``restore_dir`` can undo), so at every instant ``final`` is either the complete old
+    version or the complete new one. On any failure, a crash included, the old version stays;
+    the temporary folder is removed (or, after a kill, by the next ``atomic_dir`` of the same
+    output). One writer per output at a time.
+
+    Raises:
+        StorageWriteError: The folder could not be written (disk full, quota, read-only or
+            unwritable storage).
+    """
+    final = Path(final)
+    ensure_dir(final.parent)
+    restore_dir(final)
+    for leftover in final.parent.glob(f".{final.name}{TEMP_MARK}*"):  # killed writers
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = final.with_name(f".{final.name}{TEMP_MARK}{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        yield tmp
+        for path in sorted(tmp.rglob("*"), reverse=True):
+            _fsync_path(path)
+        _fsync_path(tmp)
+        _publish_dir(tmp, final)
+        _fsync_path(final.parent)
+    except StorageWriteError:
+        raise
+    except OSError as exc:
+        if _write_failure(final, tmp, exc):
+            raise storage_write_error(final, exc) from exc
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_dir(folder: Path) -> Path:

@@ -14,30 +14,30 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cxr.storage import combined_hash, file_sha256, write_json
+from cxr.storage import atomic_dir, combined_hash, file_sha256, write_json
 
 CHECKPOINT_MANIFEST = "checkpoint.json"
 
 
 def publish_checkpoint(source: Path, target: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """Copy a complete training checkpoint to ``target`` and write its manifest last."""
-    target = Path(target)
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    files = {
-        p.relative_to(staging).as_posix(): file_sha256(p)
-        for p in sorted(staging.rglob("*"))
-        if p.is_file()
-    }
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    manifest = {
-        **info,
-        "files": files,
-        "content_hash": combined_hash([f"{k}:{v}" for k, v in files.items()]),
-    }
-    write_json(manifest, target / CHECKPOINT_MANIFEST)
+    """Copy a complete training checkpoint to ``target``, manifest last, then publish it.
+
+    The copy is built in a hidden folder and replaces ``target`` in one atomic step
+    (``atomic_dir``): a crash at any point leaves the previous checkpoint, never a partial one.
+    """
+    with atomic_dir(Path(target)) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        files = {
+            p.relative_to(staging).as_posix(): file_sha256(p)
+            for p in sorted(staging.rglob("*"))
+            if p.is_file()
+        }
+        manifest = {
+            **info,
+            "files": files,
+            "content_hash": combined_hash([f"{k}:{v}" for k, v in files.items()]),
+        }
+        write_json(manifest, staging / CHECKPOINT_MANIFEST)
     return manifest
 
 

@@ -18,7 +18,6 @@ def defs() -> dg.Definitions:
     from assets.evaluation import EVAL_ASSETS
     from assets.finding_labels import finding_labels
     from assets.image_tokenizer import image_tokenizer
-    from assets.ingest_quarantine import ingest_quarantine
     from assets.leaderboard import leaderboard
     from assets.report_sections import report_sections
     from assets.source_manifest import source_manifest
@@ -40,8 +39,7 @@ def defs() -> dg.Definitions:
         assets=[
             source_manifest,
             studies,
-            cxr_images,
-            ingest_quarantine,
+            cxr_images,  # also materializes ingest_quarantine
             report_sections,
             finding_labels,
             splits,

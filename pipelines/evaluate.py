@@ -6,9 +6,11 @@
 
 ``register`` records any checkpoint directory (a published one with ``checkpoint.json`` or a
 ``train_lm`` folder with ``COMPLETE``) so that the sensor, or ``run``, evaluates it. ``run``
-adds the partitions to the Dagster instance ($DAGSTER_HOME) and materializes the four
-evaluation assets per checkpoint, then the paired comparisons and the leaderboard, as runs the
-UI shows.
+adds the partitions to the Dagster instance ($DAGSTER_HOME, default ``<project>/.dagster_home``
+as ``make`` sets it) and materializes the four evaluation assets per checkpoint, then the paired
+comparisons and the leaderboard, as runs the UI shows. Also ``chexmix evaluate ...``.
+
+Exit codes: 0 done (or nothing to do), 1 an evaluation failed, 2 usage error / unknown key.
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ import sys
 import dagster as dg
 
 from pipelines.checkpoint_registry import discover, register
+from pipelines.instance import dagster_instance
 from pipelines.partitions import checkpoints_partitions, evaluated_partitions
 from pipelines.resources import StorageResource
 
 
 def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
     """Add partitions, materialize the evaluation assets per key, then the leaderboard."""
-    from assets.eval_comparisons import eval_comparisons
     from assets.evaluation import EVAL_ASSETS
-    from assets.leaderboard import leaderboard
     from pipelines.resources import default_resources
 
     existing = set(instance.get_dynamic_partitions(checkpoints_partitions.name))
@@ -47,14 +48,23 @@ def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
         sys.stdout.write(f"{key}: {'evaluated' if result.success else 'FAILED'}\n")
         ok &= result.success
     if keys:
-        board = dg.materialize(
-            [eval_comparisons, leaderboard],
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-        )
-        ok &= board.success
+        ok &= rebuild_leaderboard(instance)
     return ok
+
+
+def rebuild_leaderboard(instance: dg.DagsterInstance) -> bool:
+    """Materialize the paired comparisons and the leaderboard; True if both ran."""
+    from assets.eval_comparisons import eval_comparisons
+    from assets.leaderboard import leaderboard
+    from pipelines.resources import default_resources
+
+    board = dg.materialize(
+        [eval_comparisons, leaderboard],
+        instance=instance,
+        resources=default_resources(),
+        raise_on_error=False,
+    )
+    return board.success
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only-new", action="store_true", help="skip evaluated checkpoints")
     args = parser.parse_args(argv)
     root = StorageResource().root_path
-    instance = dg.DagsterInstance.get()
+    instance = dagster_instance()
     if args.command == "list":
         done = evaluated_partitions(instance)
         for ref in discover(root):

@@ -60,18 +60,20 @@ def record_lineage(
     inputs: list[str],
     config: dict[str, Any],
     input_hashes: dict[str, str] | None = None,
+    asset_key: str | None = None,
 ) -> dict[str, Any]:
     """Write this materialization's lineage row; return metadata entries to attach.
 
     ``inputs`` are read at their current version; ``input_hashes`` names exact versions read
-    (e.g. the one checkpoint an evaluation partition used).
+    (e.g. the one checkpoint an evaluation partition used). ``asset_key`` names the asset when
+    the step materializes several (a multi-asset); by default, the context's one asset.
     """
     input_hashes = {
         **{name: content_hash_of(name, storage) for name in inputs},
         **(input_hashes or {}),
     }
     rec = LineageRecord(
-        asset_key=context.asset_key.to_user_string(),
+        asset_key=asset_key or context.asset_key.to_user_string(),
         output_paths=[str(p) for p in outputs],
         content_hash=content_hash,
         inputs=input_hashes,

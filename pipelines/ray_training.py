@@ -291,9 +291,11 @@ def _ensure_ray(num_workers: int) -> None:
 
     if ray.is_initialized():
         return
+    from pipelines.ray_auth import prepare_ray_auth
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = os.environ.get("RAY_ADDRESS", "")
+    prepare_ray_auth(address)  # a cluster: token auth; the loopback local Ray: disabled
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:

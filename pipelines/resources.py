@@ -110,7 +110,7 @@ class PrivacyResource(dg.ConfigurableResource):
 
 
 class RayResource(dg.ConfigurableResource):
-    """Ray: a cluster at ``address``/``$RAY_ADDRESS``, else a quiet local instance."""
+    """Ray: a cluster at ``address``/``$RAY_ADDRESS`` (token auth), else a quiet local instance."""
 
     address: str = Field(default="", description="Ray address; empty = $RAY_ADDRESS or local")
     num_cpus: int = Field(default=0, description="CPUs of a local Ray; 0 = all of this machine")
@@ -121,9 +121,11 @@ class RayResource(dg.ConfigurableResource):
 
         if ray.is_initialized():
             return
+        from pipelines.ray_auth import prepare_ray_auth
+
         address = self.address or os.environ.get("RAY_ADDRESS", "")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        prepare_ray_auth(address)  # a cluster: token auth; the loopback local Ray: disabled
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         else:

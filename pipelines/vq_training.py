@@ -101,6 +101,8 @@ def fit_vq_with_ray(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from cxr.storage import atomic_dir
+
     if not ray.is_initialized():
         raise RuntimeError("call RayResource.ensure_started() before fit_vq_with_ray")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -125,7 +127,9 @@ def fit_vq_with_ray(
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"Ray training returned no checkpoint (error: {result.error})")
-        with result.checkpoint.as_directory() as checkpoint_dir:
-            shutil.rmtree(out_dir, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, out_dir)
+        with (
+            result.checkpoint.as_directory() as checkpoint_dir,
+            atomic_dir(Path(out_dir)) as staging,
+        ):
+            shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
         return dict(result.metrics)

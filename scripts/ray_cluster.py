@@ -14,7 +14,10 @@ else's Ray on the same machine:
   but note what Ray 2.60 itself does: ``ray start`` replaces a loopback ``--node-ip-address``
   by the host's primary address (``resolve_ip_for_localhost``: a multi-node cluster must be
   reachable from other hosts), so nodes advertise that address, and the GCS, raylets and
-  workers listen on all interfaces. On a shared or exposed host, firewall the port block;
+  workers listen on all interfaces. Hence token authentication (``RAY_AUTH_MODE=token``) on
+  every node and driver: the token comes from ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``, or
+  is generated once into ``<state-dir>/auth_token`` (mode 0600); a client without it is
+  refused. On a shared or exposed host, also firewall the port block;
 - each node has its own short ``--temp-dir`` (unix socket paths must stay under ~107 bytes);
 - ``start`` waits until every node is alive in ``ray.nodes()`` (or stops what it started and
   fails with a clear error) and writes ``cluster.json`` into the state folder: the address, the
@@ -25,8 +28,9 @@ else's Ray on the same machine:
 
 Usage::
 
-    python scripts/ray_cluster.py start --state-dir .ray_cluster      # prints RAY_ADDRESS=...
-    RAY_ADDRESS=$(python scripts/ray_cluster.py address --state-dir .ray_cluster) <your command>
+    python scripts/ray_cluster.py start --state-dir .ray_cluster  # prints RAY_ADDRESS=, ...
+    export RAY_ADDRESS=$(python scripts/ray_cluster.py address --state-dir .ray_cluster)
+    export RAY_AUTH_TOKEN_PATH=$PWD/.ray_cluster/auth_token  # then <your command>
     python scripts/ray_cluster.py status --state-dir .ray_cluster
     python scripts/ray_cluster.py stop --state-dir .ray_cluster
     python scripts/ray_cluster.py demo --state-dir .ray_cluster --steps 20  # make cluster-demo
@@ -59,6 +63,8 @@ from typing import Any
 
 import psutil
 
+from pipelines.ray_auth import TOKEN, TOKEN_PATH, cluster_auth_env, prepare_ray_auth
+
 STATE_NAME = "cluster.json"
 LOOPBACK = "127.0.0.1"
 WORKER_PORTS_PER_NODE = 64
@@ -68,7 +74,6 @@ PORTS_PER_NODE = 6
 NODE_RESOURCE = "chexmix_node_{index}"
 CLUSTER_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
@@ -79,6 +84,31 @@ CLUSTER_ENV = {
 
 class ClusterError(RuntimeError):
     """The cluster did not start, or its state file is missing or stale."""
+
+
+@contextlib.contextmanager
+def client_env(auth_env: dict[str, str]) -> Any:
+    """Set the cluster's auth variables in this process for a driver's lifetime; restore them."""
+    names = ("RAY_AUTH_MODE", TOKEN, TOKEN_PATH)
+    before = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ.update(auth_env)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def auth_env_of(state: dict[str, Any]) -> dict[str, str]:
+    """The auth variables a driver of the recorded cluster needs (the token itself never is)."""
+    if state.get("token_path"):
+        return {"RAY_AUTH_MODE": "token", TOKEN_PATH: state["token_path"]}
+    return {"RAY_AUTH_MODE": "token", TOKEN: os.environ.get(TOKEN, "")}
 
 
 def _port_free(port: int) -> bool:
@@ -349,6 +379,7 @@ def wait_for_nodes(
     deadline = time.monotonic() + timeout_s
     wait_for_gcs(address, leaders, timeout_s)
     ours: list[dict[str, Any]] = []
+    prepare_ray_auth(address)
     ray.init(
         address=address,
         log_to_driver=False,
@@ -420,13 +451,17 @@ def start_cluster(
     address = f"{LOOPBACK}:{ports[0]['gcs']}"
     # Ray's sockets live under <temp-dir>/session_<date>_<pid>/sockets/: keep the root short
     temp_root = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    auth = cluster_auth_env(state_dir)  # token auth on every node: never an open cluster
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TOKEN, TOKEN_PATH)}
     env.update({k: os.environ.get(k, v) for k, v in CLUSTER_ENV.items()})
+    env.update(auth)
     state: dict[str, Any] = {
         "address": address,
         "temp_root": str(temp_root),
         "state_dir": str(state_dir),
         "started_at": time.time(),
+        "auth_mode": "token",
+        "token_path": auth.get(TOKEN_PATH),  # None: the token is in $RAY_AUTH_TOKEN
         "nodes": [],
     }
     try:
@@ -463,7 +498,8 @@ def start_cluster(
             _write_state(state_dir, state)
             if index == 0:  # worker nodes join through the GCS
                 wait_for_gcs(address, state["nodes"], timeout_s)
-        nodes = wait_for_nodes(address, num_nodes, state["nodes"], timeout_s)
+        with client_env(auth):
+            nodes = wait_for_nodes(address, num_nodes, state["nodes"], timeout_s)
     except BaseException:
         stop_cluster(state_dir, quiet=True)
         raise
@@ -573,6 +609,7 @@ def run_demo(
     import dagster as dg
 
     from pipelines.definitions import defs
+    from pipelines.instance import dagster_instance
     from pipelines.resources import StorageResource, default_resources
 
     storage = StorageResource().root_path
@@ -589,11 +626,13 @@ def run_demo(
     print(f"cluster up in {time.perf_counter() - started:.1f} s at {state['address']}:")
     for node in state["nodes"]:
         print(f"  node {node['index']} ({node['role']}): pid {node['pid']}, {node['node_id']}")
+    driver_env = contextlib.ExitStack()
     try:
+        driver_env.enter_context(client_env(auth_env_of(state)))  # this driver has the token
         os.environ["RAY_ADDRESS"] = state["address"]
         definitions = defs()
         wanted = {"token_shards", "stage1_checkpoint"}
-        assets = [a for a in definitions.assets if a.key.to_user_string() in wanted]
+        assets = [a for a in definitions.assets if {k.to_user_string() for k in a.keys} & wanted]
         checks = [
             c
             for c in definitions.asset_checks
@@ -611,7 +650,7 @@ def run_demo(
         run_started = time.perf_counter()
         result = dg.materialize(
             [*assets, *checks],
-            instance=dg.DagsterInstance.get(),
+            instance=dagster_instance(),
             resources=default_resources(),
             run_config={
                 "ops": {
@@ -650,6 +689,7 @@ def run_demo(
         import ray
 
         ray.shutdown()  # disconnect the driver before its cluster goes away
+        driver_env.close()
         stopped = stop_cluster(state_dir)
         print(f"cluster stopped: {len(stopped)} processes signalled by PID")
         signal.signal(signal.SIGTERM, previous)
@@ -692,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             print(f"RAY_ADDRESS={state['address']}")
+            if state.get("token_path"):
+                print(f"{TOKEN_PATH}={state['token_path']}")
         elif args.command == "address":
             print(load_state(args.state_dir)["address"])
         elif args.command == "status":

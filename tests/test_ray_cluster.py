@@ -2,10 +2,12 @@
 and stopped by `scripts/ray_cluster.py`, with the pipeline pointed at it through RAY_ADDRESS.
 
 Tokenization (2 Ray Data actors) and stage 1 (2 Ray Train workers, STRICT_SPREAD) must run on
-both nodes; teardown stops every process of the cluster by PID and checks that none is left."""
+both nodes; teardown stops every process of the cluster by PID and checks that none is left.
+The cluster runs with token authentication: a driver without the token is refused."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +52,8 @@ def _resources(archive: Path, storage: Path) -> dict:
 
 
 def _assets(names) -> list:
-    return [a for a in defs().assets if a.key.to_user_string() in set(names)]
+    # by any of its keys: cxr_images is a multi-asset (it also materializes ingest_quarantine)
+    return [a for a in defs().assets if {k.to_user_string() for k in a.keys} & set(names)]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,12 @@ def cluster(tmp_path_factory):
     state = script.load_state(state_dir) if (state_dir / script.STATE_NAME).exists() else None
     try:
         assert started.returncode == 0, started.stderr[-3000:]
-        assert started.stdout.strip() == f"RAY_ADDRESS={state['address']}"
+        assert started.stdout.splitlines() == [
+            f"RAY_ADDRESS={state['address']}",
+            f"RAY_AUTH_TOKEN_PATH={state_dir / 'auth_token'}",
+        ]
+        assert state["auth_mode"] == "token"
+        assert (state_dir / "auth_token").stat().st_mode & 0o777 == 0o600
         node_ids = [n["node_id"] for n in state["nodes"]]
         assert len(set(node_ids)) == 2 and all(node_ids)
         pids = script.cluster_pids(state)
@@ -155,13 +163,30 @@ def test_stop_without_a_recorded_cluster_is_a_clear_error(tmp_path):
     assert done.returncode == 1 and "no cluster.json" in done.stderr
 
 
+@pytest.fixture()
+def cluster_driver(cluster, monkeypatch):
+    """This process as a driver of the cluster (its token); afterwards as it was before.
+
+    Ray caches the auth mode per process: later tests start local Rays with the suite's
+    ``RAY_AUTH_MODE=disabled``, so the cache is refreshed once the variables are restored.
+    """
+    from pipelines.ray_auth import _refresh_ray_config
+
+    monkeypatch.setenv("RAY_ADDRESS", cluster["address"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", cluster["token_path"])
+    yield cluster
+    monkeypatch.undo()
+    _refresh_ray_config()
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(SCRIPT_TIMEOUT_S)
-def test_tokenization_and_training_run_on_both_nodes(upstream, cluster, monkeypatch):
+def test_tokenization_and_training_run_on_both_nodes(upstream, cluster_driver):
     import ray
 
     archive, storage = upstream
-    monkeypatch.setenv("RAY_ADDRESS", cluster["address"])
+    cluster = cluster_driver
     ray.shutdown()
     cluster_nodes = {n["node_id"] for n in cluster["nodes"]}
     stage1 = {
@@ -205,3 +230,46 @@ def test_tokenization_and_training_run_on_both_nodes(upstream, cluster, monkeypa
     assert train["world_size"] == 2 and train["steps"] == 4
     workers = train["worker_node_ids"]
     assert len(workers) == 2 and set(workers) == cluster_nodes  # STRICT_SPREAD: 1 per node
+
+
+PROBE = """
+import logging, sys, time
+import ray
+started = time.monotonic()
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False, logging_level=logging.ERROR)
+    print("CONNECTED", sorted(ray.cluster_resources()))
+except Exception as error:  # what a refused driver sees
+    print("REFUSED", type(error).__name__, error)
+print(f"after {time.monotonic() - started:.1f} s")
+"""
+
+
+def _probe(address: str, home: Path, **auth: str) -> str:
+    """A fresh driver process joining ``address`` (loopback) with only ``auth`` set.
+
+    Bounded: Ray gives up after ~20 s of refused attempts; the process is killed at 120 s.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(auth, HOME=str(home), RAY_USAGE_STATS_ENABLED="0")  # no ~/.ray/auth_token
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, address], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr  # Ray logs the GCS's reason for refusing on stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(SCRIPT_TIMEOUT_S)
+def test_a_driver_without_the_token_is_refused(cluster, tmp_path):
+    address = cluster["address"]
+    assert address.startswith("127.0.0.1:")  # the probes stay on loopback
+    no_token = _probe(address, tmp_path, RAY_AUTH_MODE="disabled")
+    assert no_token.startswith("REFUSED") and "InvalidAuthToken" in no_token, no_token
+    wrong = _probe(address, tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
+    assert wrong.startswith("REFUSED") and "InvalidAuthToken" in wrong, wrong
+    # the same driver with the cluster's token file gets in (so the refusals are about the token)
+    allowed = _probe(
+        address, tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=cluster["token_path"]
+    )
+    assert allowed.startswith("CONNECTED") and "chexmix_node_0" in allowed, allowed
