@@ -89,7 +89,6 @@ def run_shards(
 
 @dg.asset(
     group_name="ingest",
-    code_version="1",
     deps=["studies"],
     kinds={"parquet", "ray"},
     description="Decoded, normalised uint8 images (decode -> modality LUT -> VOI -> MONOCHROME1 "

@@ -392,7 +392,6 @@ def _guard(fn: Callable[[], dg.MaterializeResult], key: str, task: str) -> dg.Ma
 _ASSET_KW = dict(
     group_name=EVAL_GROUP,
     partitions_def=checkpoints_partitions,
-    code_version="2",
     kinds={"pytorch", "duckdb", "mlflow"},
 )
 

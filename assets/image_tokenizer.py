@@ -82,7 +82,6 @@ def real_check_images(folder: Path, count: int, size: int) -> np.ndarray | None:
 
 @dg.asset(
     group_name="tokenization",
-    code_version="1",
     deps=["cxr_images", "splits"],
     kinds={"pytorch", "mlflow"},
     description="VQ image tokenizer (encoder, vector quantizer, decoder) trained on TRAIN-split "

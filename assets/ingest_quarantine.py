@@ -12,7 +12,6 @@ from pipelines.resources import StorageResource
 
 @dg.asset(
     group_name="ingest",
-    code_version="1",
     deps=["studies", "cxr_images"],
     kinds={"parquet"},
     description="Quarantined inputs from every ingest stage (manifest header read, studies "

@@ -377,7 +377,6 @@ def training_asset(arm: Arm, description: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=arm.asset,
         group_name="training",
-        code_version="1",
         deps=[arm.init_asset] if arm.init_asset else ["token_shards", "vocabulary"],
         kinds={"pytorch", "ray", "mlflow"},
         description=description,

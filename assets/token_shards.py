@@ -119,7 +119,6 @@ def nodes_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @dg.asset(
     group_name="tokenization",
-    code_version="1",
     deps=["cxr_images", "splits", "report_sections", "finding_labels", "vocabulary"],
     kinds={"parquet", "ray"},
     description="One row per decoded image: ids, split, view, RAW image codes (int16), report "
