@@ -381,8 +381,13 @@ def finish(
 
 
 def _guard(fn: Callable[[], dg.MaterializeResult], key: str, task: str) -> dg.MaterializeResult:
+    from cxr.progress import PassProgress
+    from evaluation.data import batch_progress
+
+    log = dg.AssetExecutionContext.get().log.info
     try:
-        return fn()
+        with batch_progress(PassProgress(f"{task} evaluation of {key}", log)):
+            return fn()
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise dg.Failure(
             description=f"{task} evaluation of checkpoint {key} failed: {exc}"

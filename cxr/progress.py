@@ -184,3 +184,45 @@ def tailing(
         stop.set()
         thread.join()
         deliver()
+
+
+class PassProgress:
+    """Progress of work done as successive passes over rows (each pass a loop of batches).
+
+    Called as ``sink(done, total)`` after every batch; a pass starts when ``done`` does not
+    grow or ``total`` changes. Emits at most one line per ``every_s`` seconds (none for work
+    shorter than that): ``label: pass 3, 320/1000 rows (32%), elapsed 2m10s, pass ETA 48s``.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        emit: Callable[[str], None],
+        every_s: float = 20.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label, self.emit, self.every_s, self.clock = label, emit, every_s, clock
+        self.start = self._last_emit = clock()
+        self.passes = 0
+        self._pass: tuple[int, int, float] | None = None  # (total, first done, its time)
+        self._done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        """Record that ``done`` of the current pass's ``total`` rows are finished."""
+        now = self.clock()
+        if self._pass is None or done <= self._done or total != self._pass[0]:
+            self.passes += 1
+            self._pass = (total, done, now)
+        self._done = done
+        if now - self._last_emit < self.every_s:
+            return
+        self._last_emit = now
+        _, first_done, first_time = self._pass
+        line = (
+            f"{self.label}: pass {self.passes}, {done}/{total} rows "
+            f"({100 * done / max(total, 1):.0f}%), elapsed {format_duration(now - self.start)}"
+        )
+        if done < total and done > first_done and now > first_time:
+            rate = (done - first_done) / (now - first_time)
+            line += f", pass ETA {format_duration((total - done) / rate)}"
+        self.emit(line)

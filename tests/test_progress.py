@@ -93,3 +93,30 @@ def test_a_failing_callback_does_not_stop_the_work(tmp_path):
 
     with tailing(path, boom, poll_s=0.01):
         pass
+
+
+def test_pass_progress_lines_per_pass_at_most_every_interval():
+    from cxr.progress import PassProgress
+
+    clock, lines = FakeClock(), []
+    sink = PassProgress("findings evaluation of ckpt", lines.append, every_s=20, clock=clock)
+    for total in (100, 100, 40):  # three passes (the second has the same total)
+        for done in range(10, total + 1, 10):
+            clock.now += 3
+            sink(done, total)
+    assert sink.passes == 3
+    assert len(lines) == (3 * (10 + 10 + 4)) // 20 == 3
+    assert lines[0] == (
+        "findings evaluation of ckpt: pass 1, 70/100 rows (70%), elapsed 21s, pass ETA 9s"
+    )
+
+
+def test_evaluation_batches_report_to_the_sink_only_inside_the_block():
+    from evaluation.data import batch_progress, batches
+
+    seen = []
+    with batch_progress(lambda done, total: seen.append((done, total))):
+        assert [s.stop for s in batches(5, 2)] == [2, 4, 5]
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    list(batches(5, 2))
+    assert len(seen) == 3
