@@ -40,9 +40,16 @@ data: venv
 	  $(BIN)/python -m cxr.synthetic "$(CHEXMIX_SOURCE_ROOT)" --studies $(DEMO_STUDIES) --seed $(DEMO_SEED); \
 	fi
 
+# elapsed time of every asset step of the runs since the demo started (from the event log)
+RUN_TIMES = $(BIN)/python -m pipelines.run_times --since "$$(cat '$(DAGSTER_HOME)/.demo_started')"
+
 demo: venv data $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m pipelines.definitions --select '$(DEMO_SELECT)'
-	$(BIN)/python -m pipelines.evaluate run --all --only-new
+	@date +%s > '$(DAGSTER_HOME)/.demo_started'
+	$(BIN)/dagster asset materialize -m pipelines.definitions --select '$(DEMO_SELECT)' \
+	  || { $(RUN_TIMES); exit 1; }
+	$(BIN)/python -m pipelines.evaluate run --all --only-new || { $(RUN_TIMES); exit 1; }
+	@echo
+	@$(RUN_TIMES)
 	@echo
 	@echo "Done. Outputs: $(CHEXMIX_STORAGE_ROOT); catalog: $(CHEXMIX_STORAGE_ROOT)/catalog.duckdb"
 	@echo "Leaderboard: $(CHEXMIX_STORAGE_ROOT)/evaluation/leaderboard.md"

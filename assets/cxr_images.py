@@ -97,7 +97,6 @@ def run_shards(
 CXR_IMAGES = dg.AssetSpec(
     "cxr_images",
     group_name="ingest",
-    code_version="1",
     deps=["studies"],
     kinds={"parquet", "ray"},
     description="Decoded, normalised uint8 images (decode -> modality LUT -> VOI -> MONOCHROME1 "

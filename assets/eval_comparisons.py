@@ -25,7 +25,6 @@ class EvalComparisonsConfig(dg.Config):
 
 @dg.asset(
     group_name="evaluation",
-    code_version="1",
     deps=["findings_eval", "inpainting_eval", "report_generation_eval", "retrieval_eval"],
     kinds={"duckdb"},
     description="Paired differences (a - b, 95% CI, fraction of resamples <= 0) on the same "

@@ -381,8 +381,13 @@ def finish(
 
 
 def _guard(fn: Callable[[], dg.MaterializeResult], key: str, task: str) -> dg.MaterializeResult:
+    from cxr.progress import PassProgress
+    from evaluation.data import batch_progress
+
+    log = dg.AssetExecutionContext.get().log.info
     try:
-        return fn()
+        with batch_progress(PassProgress(f"{task} evaluation of {key}", log)):
+            return fn()
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise dg.Failure(
             description=f"{task} evaluation of checkpoint {key} failed: {exc}"
@@ -392,7 +397,6 @@ def _guard(fn: Callable[[], dg.MaterializeResult], key: str, task: str) -> dg.Ma
 _ASSET_KW = dict(
     group_name=EVAL_GROUP,
     partitions_def=checkpoints_partitions,
-    code_version="2",
     kinds={"pytorch", "duckdb", "mlflow"},
 )
 

@@ -60,7 +60,6 @@ def _agreement_table(rows: list[dict]) -> str:
 
 @dg.asset(
     group_name="curation",
-    code_version="1",
     deps=["report_sections"],
     kinds={"parquet"},
     description="Per study: the 14 CheXpert observations (1 positive, 0 negative, -1 uncertain, "

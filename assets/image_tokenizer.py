@@ -82,7 +82,6 @@ def real_check_images(folder: Path, count: int, size: int) -> np.ndarray | None:
 
 @dg.asset(
     group_name="tokenization",
-    code_version="1",
     deps=["cxr_images", "splits"],
     kinds={"pytorch", "mlflow"},
     description="VQ image tokenizer (encoder, vector quantizer, decoder) trained on TRAIN-split "
@@ -99,6 +98,7 @@ def image_tokenizer(
     import mlflow
     import torch
 
+    from cxr.progress import Progress
     from models.vq_tokenizer import (
         VQTokenizer,
         checkpoint_sha256,
@@ -145,6 +145,12 @@ def image_tokenizer(
                 {f"train.{k}": v for k, v in dataclasses.asdict(train_config).items()}
             )
 
+            progress = Progress("image tokenizer training", train_config.steps, context.log.info)
+
+            def show(step: int, numeric: dict) -> None:
+                shown = ("loss", "recon_loss", "steps_per_second", "val_psnr")
+                progress.update(step, **{k: numeric[k] for k in shown if k in numeric})
+
             def log(step: int, metrics: dict) -> None:
                 numeric = {
                     k: float(v)
@@ -152,6 +158,7 @@ def image_tokenizer(
                     if isinstance(v, int | float) and np.isfinite(v)
                 }
                 mlflow.log_metrics(numeric, step=step)
+                show(step, numeric)
 
             if config.num_workers > 1:
                 from pipelines.vq_training import fit_vq_with_ray
@@ -168,6 +175,7 @@ def image_tokenizer(
                     config.num_workers,
                     use_gpu=config.device.startswith("cuda"),
                     seed=config.seed,
+                    on_progress=lambda row: show(int(row["step"]), row),
                 )
                 mlflow.log_metrics(
                     {k: float(v) for k, v in ray_metrics.items() if isinstance(v, int | float)}

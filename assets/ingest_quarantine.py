@@ -19,7 +19,6 @@ from pipelines.resources import StorageResource
 INGEST_QUARANTINE = dg.AssetSpec(
     "ingest_quarantine",
     group_name="ingest",
-    code_version="1",
     deps=["studies", "cxr_images"],
     kinds={"parquet"},
     description="Quarantined inputs from every ingest stage (manifest header read, studies "

@@ -18,7 +18,6 @@ from pipelines.resources import StorageResource
 
 @dg.asset(
     group_name="evaluation",
-    code_version="2",
     deps=[
         "eval_comparisons",
         "findings_eval",

@@ -28,7 +28,6 @@ class ReportSectionsConfig(dg.Config):
 
 @dg.asset(
     group_name="curation",
-    code_version="1",
     deps=["studies"],
     kinds={"parquet"},
     description="Per study: the sections found (INDICATION, HISTORY, COMPARISON, TECHNIQUE, "

@@ -19,7 +19,6 @@ class SourceManifestConfig(dg.Config):
 
 @dg.asset(
     group_name="ingest",
-    code_version="1",
     kinds={"parquet", "dicom"},
     description="One row per file under the source root: pseudonymous ids, content hash and the "
     "header fields ingest needs (read without pixel data). Incremental: unchanged files are "

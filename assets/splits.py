@@ -32,7 +32,6 @@ class SplitsConfig(dg.Config):
 
 @dg.asset(
     group_name="curation",
-    code_version="1",
     deps=["studies"],
     kinds={"parquet"},
     description="Split manifest: one row per study with pseudonymous patient id, image ids, "

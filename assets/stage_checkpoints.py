@@ -378,6 +378,7 @@ def _run(
     vocab: Any,
 ) -> tuple[list[dict[str, float]], dict[str, Any], str]:
     """Train; return (history, summary, final complete checkpoint path)."""
+    log = _progress_log(context, name, loop_config["train"]["steps"])
     if config.use_ray:
         from pipelines.ray_training import fit_with_ray
 
@@ -390,6 +391,7 @@ def _run(
             run_name=f"{name}-{context.run.run_id}",
             max_failures=config.max_failures,
             placement_strategy=config.placement_strategy,
+            on_progress=lambda row: log(int(row["step"]), row),
         )
         summary = {**result.get("worker_summary", {}), "start_step": result.get("start_step", 0)}
         history = summary.get("history") or [
@@ -425,6 +427,7 @@ def _run(
         data,
         train_config,
         checkpoint_dir=checkpoint_dir,
+        log=log,
         lm_config=lm_config.to_dict() if hasattr(lm_config, "to_dict") else None,
     )
     summary = {
@@ -433,6 +436,19 @@ def _run(
         "start_step": result.start_step,
     }
     return result.history, summary, str(result.final_checkpoint)
+
+
+def _progress_log(context: dg.AssetExecutionContext, name: str, steps: int) -> Any:
+    """``log(step, metrics)`` that writes a progress line to the run log every ~15 s."""
+    from cxr.progress import Progress
+
+    progress = Progress(f"{name} training", steps, context.log.info)
+    keys = ("loss", "image_loss", "text_loss", "lr", "tokens_per_s", "step_s")
+
+    def log(step: int, metrics: dict[str, Any]) -> None:
+        progress.update(step, **{k: metrics[k] for k in keys if k in metrics})
+
+    return log
 
 
 def _max_positions(shard_paths: list[str], max_text_tokens: int) -> int:
@@ -454,7 +470,6 @@ def training_asset(arm: Arm, description: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=arm.asset,
         group_name="training",
-        code_version="1",
         deps=[arm.init_asset] if arm.init_asset else ["token_shards", "vocabulary"],
         kinds={"pytorch", "ray", "mlflow"},
         description=description,

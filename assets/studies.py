@@ -12,7 +12,6 @@ from pipelines.resources import PrivacyResource, SourceResource, StorageResource
 
 @dg.asset(
     group_name="ingest",
-    code_version="1",
     deps=["source_manifest"],
     kinds={"parquet"},
     description="One row per study (images + report text, match status) and one per study "

@@ -40,7 +40,6 @@ def train_texts(storage: StorageResource) -> Iterator[str]:
 
 @dg.asset(
     group_name="tokenization",
-    code_version="1",
     deps=["report_sections", "splits"],
     kinds={"huggingface"},
     description="Report text tokenizer (byte-level BPE with the CheXmix special tokens), saved "

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -10,6 +11,7 @@ from pydantic import Field
 
 from assets import paths
 from cxr.previews import markdown_table
+from cxr.progress import Progress
 from cxr.storage import ensure_writable_dir
 from cxr.token_shards import (
     ShardTokenizer,
@@ -76,15 +78,18 @@ def run_token_tasks(
     kwargs: dict[str, Any],
     config: TokenShardsConfig,
     ray_resource: RayResource | None,
+    on_summary: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Tokenize every shard, with Ray Data actors when ``ray_resource`` is given.
+
+    ``on_summary`` is called with each shard's summary as it arrives (progress).
 
     On Ray, a fixed pool of ``ShardTokenizer`` actors (one CPU, or one GPU, each) takes one
     whole shard at a time, and shards are handed out only once every actor is up, so a pool of
     N actors on N nodes tokenizes on all N nodes. Each summary row names its ``node_id``.
     """
     if ray_resource is None or not tasks:
-        return ShardTokenizer(**kwargs).process_all(tasks) if tasks else []
+        return ShardTokenizer(**kwargs).process_all(tasks, on_summary) if tasks else []
     import ray
     import ray.data
 
@@ -102,7 +107,12 @@ def run_token_tasks(
     )
     if config.actor_start_timeout_s > 0:  # this dataset's own context copy
         dataset.context.wait_for_min_actors_s = config.actor_start_timeout_s
-    return dataset.take_all()
+    summaries = []
+    for summary in dataset.iter_rows():  # as each shard is done, not all at the end
+        summaries.append(summary)
+        if on_summary is not None:
+            on_summary(summary)
+    return summaries
 
 
 def nodes_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -119,7 +129,6 @@ def nodes_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @dg.asset(
     group_name="tokenization",
-    code_version="1",
     deps=["cxr_images", "splits", "report_sections", "finding_labels", "vocabulary"],
     kinds={"parquet", "ray"},
     description="One row per decoded image: ids, split, view, RAW image codes (int16), report "
@@ -169,7 +178,15 @@ def token_shards(
         "overlap": config.overlap,
     }
     invalidate_token_manifest(out_dir, tasks)  # a killed re-run never leaves a mixed set listed
-    summaries = run_token_tasks(tasks, kwargs, config, ray if config.use_ray else None)
+    progress = Progress("token shards", len(tasks), context.log.info, unit="shard")
+    images = 0
+
+    def on_summary(summary: dict[str, Any]) -> None:
+        nonlocal images
+        images += int(summary["num_rows"])
+        progress.update(progress.done + 1, images=images)
+
+    summaries = run_token_tasks(tasks, kwargs, config, ray if config.use_ray else None, on_summary)
     content_hash = finalize_token_shards(
         out_dir, summaries, {**hashes, "vocabulary": json.loads(vocab_json)}
     )

@@ -11,7 +11,6 @@ from pipelines.resources import StorageResource
 
 @dg.asset(
     group_name="tokenization",
-    code_version="1",
     deps=["text_tokenizer", "image_tokenizer"],
     kinds={"json"},
     description="Unified vocabulary contract: text ids, then image code c at image_offset + c, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,45 @@ DATA_ASSETS = [
     "vocabulary",
     "token_shards",
 ]
+
+
+#: The repository root (``bench/..``).
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` as results should record it: never a machine's absolute path.
+
+    Relative to the repository when inside it, ``../<sibling>/...`` next to it (the shared data
+    folder), ``<tmp>/...`` under the temp folder, else ``<outside repo>/<name>``.
+    """
+    resolved = Path(path).expanduser().resolve()
+    for root, prefix in (
+        (REPO, ""),
+        (REPO.parent, "../"),
+        (Path(tempfile.gettempdir()).resolve(), "<tmp>/"),
+    ):
+        if resolved == root:
+            return prefix.rstrip("/") or "."
+        if resolved.is_relative_to(root):
+            return prefix + str(resolved.relative_to(root))
+    return f"<outside repo>/{resolved.name}"
+
+
+def scrub_paths(text: str) -> str:
+    """Free text (a command line, a log line, a profile) with the same substitutions."""
+    for root, prefix in (
+        (REPO, ""),
+        (REPO.parent, "../"),
+        (Path(tempfile.gettempdir()).resolve(), "<tmp>/"),
+    ):
+        text = text.replace(f"{root}/", prefix)
+    return text
+
+
+def relative_args(args: Any) -> dict[str, Any]:
+    """``vars(args)`` of an argparse namespace with every path made :func:`repo_relative`."""
+    return {k: repo_relative(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
 def package_versions(packages: list[str]) -> dict[str, str | None]:
@@ -98,7 +138,7 @@ def process_label(proc: psutil.Process) -> str:
         elif args:
             head = Path(args[0]).name
     if head in ("dagster", "dagster-webserver") or head.endswith("/dagster"):
-        head = "dagster " + " ".join(cmd[1:3])
+        head = "dagster " + scrub_paths(" ".join(cmd[1:3]))
     return head[:40]
 
 

@@ -55,10 +55,11 @@ from pydicom.uid import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import REPO, relative_args, repo_relative, scrub_paths
 from bench.common import machine_info as common_machine_info
 from cxr.pixels import PixelConfig, decode_dicom, decoder_name, plugin_order
 
-SHARED = Path("/work/shared/data/dicom")
+SHARED = REPO.parent / "shared" / "data" / "dicom"
 REAL_FILES = {
     "real RG1 J2K lossless 1955x1841": SHARED / "pydicom_data_RG1" / "RG1_J2KR.dcm",
     "real RG1 J2K lossy 1955x1841": SHARED / "pydicom_data_RG1" / "RG1_J2KI.dcm",
@@ -350,7 +351,7 @@ def main() -> None:
     out_path = args.out / f"ingest-{dt.date.today().isoformat()}.json"
     payload = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": relative_args(args),
         "machine": info,
         "bare_loop": "dcmread + pixel_array (default plugin) + float32 window + "
         "PIL Lanczos resize to size x size with reducing_gap=2 (no aspect crop)",
@@ -359,10 +360,10 @@ def main() -> None:
         "chain, pixel stats, zstd Parquet shard written atomically (the cxr_images unit of work)",
         "results": results,
         "decode_only_s": plugins,
-        "profile": profile_text,
+        "profile": scrub_paths(profile_text) if profile_text else profile_text,
     }
     out_path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out_path}")
+    print(f"wrote {repo_relative(out_path)}")
 
 
 if __name__ == "__main__":

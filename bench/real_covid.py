@@ -56,7 +56,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 
-from bench.common import DATA_ASSETS, load_average
+from bench.common import DATA_ASSETS, load_average, relative_args, repo_relative, scrub_paths
 from bench.common import machine_info as common_machine_info
 from evaluation import DEFAULT_LAYER
 
@@ -107,13 +107,15 @@ def note_key(text_ids: list[int]) -> str:
 
 
 def _json_value(value: Any) -> Any:
-    """``value`` with NaN/inf as None and numpy scalars and paths as plain JSON types."""
+    """``value`` with NaN/inf as None, numpy scalars as plain JSON types, paths relative."""
     if isinstance(value, float | np.floating):
         return None if not np.isfinite(value) else float(value)
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, Path):
-        return str(value)
+        return repo_relative(value)
+    if isinstance(value, str):
+        return scrub_paths(value)
     if isinstance(value, dict):
         return {str(k): _json_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -493,7 +495,7 @@ def evaluate(
             raise SystemExit(f"{key} was trained with vocabulary {info['vocab']}, not {vocab}")
         max_text_tokens = int((info.get("train_config") or {}).get("max_text_tokens", 128))
         facts["checkpoints"][key] = {
-            "path": str(folder),
+            "path": repo_relative(folder),
             "content_hash": manifest["content_hash"],
             "step": manifest.get("step"),
             "val_loss_demo": (manifest.get("val") or {}).get("loss"),
@@ -705,7 +707,7 @@ def main() -> None:
     print_table(rows)
     payload = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": relative_args(args),
         "machine": info,
         "what": "demo checkpoints (synthetic phantoms) evaluated on the COVID-19 image data "
         "collection (Cohen et al., arXiv:2006.11988) through the images-csv adapter; every "
@@ -728,7 +730,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     out_path = args.out / f"real-covid-{dt.date.today().isoformat()}.json"
     out_path.write_text(json.dumps(_json_value(payload), indent=2) + "\n")
-    print(f"\ntotal {payload['timings_s']['total']:.0f} s; wrote {out_path}")
+    print(f"\ntotal {payload['timings_s']['total']:.0f} s; wrote {repo_relative(out_path)}")
 
 
 if __name__ == "__main__":

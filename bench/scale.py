@@ -61,7 +61,15 @@ from typing import Any
 
 import psutil
 
-from bench.common import DATA_ASSETS, ProcessTreeSampler, load_average, machine_info
+from bench.common import (
+    DATA_ASSETS,
+    ProcessTreeSampler,
+    load_average,
+    machine_info,
+    relative_args,
+    repo_relative,
+    scrub_paths,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["dagster", "ray", "duckdb", "pyarrow", "polars", "pydicom", "torch", "tokenizers"]
@@ -114,9 +122,9 @@ def generate(out: Path, studies: int, seed: int, interval: float) -> dict[str, A
     files = [p for p in (out / "files").rglob("*") if p.is_file()]
     info = {
         "args": wanted,
-        "command": " ".join(cmd[1:]),
+        "command": scrub_paths(" ".join(cmd[1:])),
         "seconds": seconds,
-        "summary": output.decode().strip().splitlines()[-1],
+        "summary": scrub_paths(output.decode().strip().splitlines()[-1]),
         "num_files": len(files),
         "bytes": sum(p.stat().st_size for p in files),
         "peak_rss_mb": sampler.peak_rss / MB,
@@ -352,7 +360,7 @@ def run_size(args: argparse.Namespace, factor: int, work: Path) -> dict[str, Any
         "run_id": run_id,
         "status": status,
         "returncode": returncode,
-        "log": str(log_path),
+        "log": repo_relative(log_path),
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "counts": counts,
@@ -809,7 +817,7 @@ def build_payload(
         "created": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "complete": complete,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": relative_args(args),
         "machine": info,
         "method": {
             "pipeline": "dagster asset materialize -m pipelines.definitions --select "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,8 +378,14 @@ class ShardTokenizer:
         """Tokenize one shard (or reuse it when its inputs are unchanged)."""
         return self.process_all([task])[0]
 
-    def process_all(self, tasks: list[TokenTask]) -> list[dict[str, Any]]:
+    def process_all(
+        self,
+        tasks: list[TokenTask],
+        on_summary: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Tokenize ``tasks`` in order; summaries in the same order.
+
+        ``on_summary`` is called with each shard's summary as soon as it is written (progress).
 
         With ``overlap``, reading/decoding the next shard and writing the previous one run in
         background threads while this thread feeds the encoder (at most one shard read ahead,
@@ -386,18 +393,26 @@ class ShardTokenizer:
         cancelled and running work has finished (a shard is only ever written whole).
         """
         tasks = list(tasks)
+        summaries: list[dict[str, Any]] = []
+
+        def done(summary: dict[str, Any]) -> None:
+            summaries.append(summary)
+            if on_summary is not None:
+                on_summary(summary)
+
         if not self.overlap:
-            summaries = []
             for task in tasks:
                 loaded = self.load(task)
-                if isinstance(loaded, dict):
-                    summaries.append(loaded)
-                else:
-                    summaries.append(self.write(loaded, *self.encode(loaded.images)))
+                done(
+                    loaded
+                    if isinstance(loaded, dict)
+                    else self.write(loaded, *self.encode(loaded.images))
+                )
             return summaries
-        return self._pipelined(tasks)
+        self._pipelined(tasks, done)
+        return summaries
 
-    def _pipelined(self, tasks: list[TokenTask]) -> list[dict[str, Any]]:
+    def _pipelined(self, tasks: list[TokenTask], done: Callable[[dict[str, Any]], None]) -> None:
         from collections import deque
         from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -405,7 +420,6 @@ class ShardTokenizer:
         writer = ThreadPoolExecutor(1, thread_name_prefix="token-shard-write")
         loads: deque[Future] = deque()
         writes: deque[Future] = deque()
-        summaries: list[dict[str, Any]] = []
         pending = iter(tasks)
 
         def read_ahead() -> None:
@@ -424,22 +438,21 @@ class ShardTokenizer:
                 loaded = loads.popleft().result()
                 read_ahead()  # the next shard is read while this one is on the device
                 if isinstance(loaded, dict):
-                    done: Future = Future()
-                    done.set_result(loaded)
-                    writes.append(done)
+                    reused: Future = Future()
+                    reused.set_result(loaded)
+                    writes.append(reused)
                 else:
                     raise_failed_write()
                     writes.append(writer.submit(self.write, loaded, *self.encode(loaded.images)))
                 while writes and (len(writes) > 2 or writes[0].done()):
-                    summaries.append(writes.popleft().result())
+                    done(writes.popleft().result())
             while writes:
-                summaries.append(writes.popleft().result())
+                done(writes.popleft().result())
         finally:
             for future in (*loads, *writes):
                 future.cancel()
             reader.shutdown(wait=True, cancel_futures=True)
             writer.shutdown(wait=True, cancel_futures=True)
-        return summaries
 
 
 def finalize_token_shards(

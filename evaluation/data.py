@@ -8,9 +8,11 @@ picked on every run and every checkpoint, and memory never grows with the archiv
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,12 +292,34 @@ def image_prefix_ids(
     return torch.cat(parts, dim=1)
 
 
+#: Called as ``sink(rows done, rows in the pass)`` after each batch of :func:`batches`, when a
+#: caller asked for progress with :func:`batch_progress` (observability only: no results depend
+#: on it).
+_batch_progress: ContextVar[Callable[[int, int], None] | None] = ContextVar(
+    "batch_progress", default=None
+)
+
+
+@contextlib.contextmanager
+def batch_progress(sink: Callable[[int, int], None]) -> Iterator[None]:
+    """Report every batch of the evaluation loops run inside the block to ``sink``."""
+    token = _batch_progress.set(sink)
+    try:
+        yield
+    finally:
+        _batch_progress.reset(token)
+
+
 def batches(count: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices of ``range(count)``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sink = _batch_progress.get()
     for start in range(0, count, batch_size):
-        yield slice(start, min(start + batch_size, count))
+        stop = min(start + batch_size, count)
+        yield slice(start, stop)
+        if sink is not None:
+            sink(stop, count)
 
 
 def load_pixels(image_shard_paths: Sequence[str | Path], image_ids: Sequence[str]) -> np.ndarray:

@@ -19,6 +19,7 @@ import argparse
 import sys
 
 import dagster as dg
+from tqdm import tqdm
 
 from pipelines.checkpoint_registry import discover, register
 from pipelines.instance import dagster_instance
@@ -37,7 +38,10 @@ def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
         instance.add_dynamic_partitions(checkpoints_partitions.name, new)
     ok = True
     resources = default_resources()
-    for key in keys:
+    # a bar on a terminal (stderr), nothing in logs and pipes; Dagster's own lines scroll above
+    bar = tqdm(keys, desc="evaluating checkpoints", unit="checkpoint", disable=None)
+    for key in bar:
+        bar.set_postfix_str(key)
         result = dg.materialize(
             EVAL_ASSETS,
             partition_key=key,
@@ -45,7 +49,7 @@ def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
             resources=resources,
             raise_on_error=False,
         )
-        sys.stdout.write(f"{key}: {'evaluated' if result.success else 'FAILED'}\n")
+        tqdm.write(f"{key}: {'evaluated' if result.success else 'FAILED'}", file=sys.stdout)
         ok &= result.success
     if keys:
         ok &= rebuild_leaderboard(instance)

@@ -57,9 +57,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxr.progress import ProgressLog, tailing
 from models.vocabulary import Vocabulary
 
 if TYPE_CHECKING:  # torch and transformers load only where training happens
@@ -210,7 +212,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         else:
             ray.train.report({"step": step}, checkpoint=None)
 
+    progress = ProgressLog(config["progress_path"]) if config.get("progress_path") else None
+
     def log(step: int, metrics: dict[str, float]) -> None:
+        if rank == 0 and progress is not None:
+            progress.append({"step": step, "total": cfg.steps, **metrics})
         if rank == 0:
             logger.info(
                 "step %d/%d loss %.4f image %.4f text %.4f lr %.2e %.0f tok/s",
@@ -317,6 +323,7 @@ def fit_with_ray(
     max_failures: int,
     checkpoints_to_keep: int | None = None,
     placement_strategy: str = "PACK",
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the LM with Ray Train (DDP over ``num_workers`` workers); resume on failures.
 
@@ -335,6 +342,10 @@ def fit_with_ray(
             ``PACK`` (as few nodes as possible), ``SPREAD`` (distinct nodes when possible),
             ``STRICT_PACK`` (one node) or ``STRICT_SPREAD`` (one node per worker; the run
             waits until the cluster has that many nodes with room).
+        on_progress: Called in a driver thread with rank 0's logged rows (``step``, ``total``,
+            ``loss``, ``tokens_per_s``, ...) while the fit runs: the worker appends them to
+            ``storage_path/<run_name>.progress.jsonl`` (a local ``storage_path`` only, seen by
+            the driver when rank 0 shares its file system, as multi-node checkpoints need).
 
     Returns:
         ``metrics`` (rank 0's metrics of the latest checkpoint), ``checkpoint_path`` (the final
@@ -365,6 +376,12 @@ def fit_with_ray(
         raise ValueError(
             f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {placement_strategy!r}"
         )
+    progress_path = None
+    if on_progress is not None and "://" not in str(storage_path):
+        progress_path = Path(storage_path) / f"{run_name}.progress.jsonl"
+        progress_path.parent.mkdir(parents=True, exist_ok=True)
+        progress_path.unlink(missing_ok=True)
+        train_loop_config = {**train_loop_config, "progress_path": str(progress_path)}
     _ensure_ray(num_workers)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -380,7 +397,10 @@ def fit_with_ray(
         ),
     )
     start = time.perf_counter()
-    result = trainer.fit()
+    with contextlib.ExitStack() as stack:
+        if progress_path is not None and on_progress is not None:
+            stack.enter_context(tailing(progress_path, on_progress))
+        result = trainer.fit()
     wall = time.perf_counter() - start
     if result.error is not None:
         raise result.error

@@ -10,11 +10,15 @@ gradients of the encoder/decoder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cxr.progress import ProgressLog, tailing
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -46,6 +50,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     )
     val_images = np.load(config["val_images_path"])
     history: list[dict[str, Any]] = []
+    progress = ProgressLog(config["progress_path"]) if config.get("progress_path") else None
 
     def log(step: int, metrics: dict) -> None:
         history.append(
@@ -54,6 +59,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
                 **{k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
             }
         )
+        if rank == 0 and progress is not None:
+            progress.append(history[-1])
 
     result = train_vq(model, batches, val_images, train_config, log=log)
     metrics = {
@@ -88,8 +95,12 @@ def fit_vq_with_ray(
     num_workers: int,
     use_gpu: bool,
     seed: int,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the tokenizer on ``num_workers`` Ray workers; copy the checkpoint to ``out_dir``.
+
+    ``on_progress`` is called in a driver thread with each row rank 0 logs (``step`` and the
+    metrics) while the fit runs.
 
     Returns:
         The final metrics reported by rank 0.
@@ -118,13 +129,17 @@ def fit_vq_with_ray(
                 "splits_path": str(splits_path),
                 "val_images_path": str(val_path),
                 "seed": seed,
+                "progress_path": str(Path(tmp) / "progress.jsonl") if on_progress else None,
             },
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
             # a fresh run directory each time: reusing a name silently resumes an old run
             run_config=RunConfig(name="vq", storage_path=str(Path(tmp) / "ray")),
         )
         logging.getLogger("ray").setLevel(logging.ERROR)
-        result = trainer.fit()
+        with contextlib.ExitStack() as stack:
+            if on_progress is not None:
+                stack.enter_context(tailing(Path(tmp) / "progress.jsonl", on_progress))
+            result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"Ray training returned no checkpoint (error: {result.error})")
         with (

@@ -119,7 +119,11 @@ def ddp_run(ray_session, tokens_dir, tmp_path_factory) -> dict:
     from pipelines.ray_training import fit_with_ray
 
     storage = tmp_path_factory.mktemp("ray_fit")
-    return fit_with_ray(loop_config(tokens_dir), 2, False, str(storage), "fit", max_failures=0)
+    rows: list[dict] = []
+    out = fit_with_ray(
+        loop_config(tokens_dir), 2, False, str(storage), "fit", 0, on_progress=rows.append
+    )
+    return {**out, "progress_rows": rows}
 
 
 def test_unknown_placement_strategy_is_rejected_before_ray_starts(tokens_dir, tmp_path):
@@ -164,6 +168,15 @@ def test_two_worker_ddp_fit_on_token_shards(ddp_run):
     model, info = load_lm_checkpoint(checkpoint)
     assert info["step"] == TOTAL_STEPS and info["vocab"] == make_vocab()
     assert model.config.vocab_size == make_vocab().size
+
+
+@pytest.mark.integration
+def test_rank_zero_progress_reaches_the_driver(ddp_run):
+    rows = ddp_run["progress_rows"]  # rank 0's log rows, tailed from its progress file
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(steps) and steps[-1] == TOTAL_STEPS
+    assert all(row["total"] == TOTAL_STEPS and np.isfinite(row["loss"]) for row in rows)
+    assert all(row["tokens_per_s"] > 0 for row in rows)
 
 
 @pytest.mark.integration

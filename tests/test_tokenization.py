@@ -136,8 +136,10 @@ def test_overlapped_pipeline_writes_the_bytes_of_the_sequential_and_legacy_paths
     root, tasks, pixels = shard_inputs
     sequential = _worker(root, "seq", overlap=False)
     overlapped = _worker(root, "ovl", overlap=True)
-    seq = sequential.process_all(tasks)
-    ovl = overlapped.process_all(tasks)
+    seen: dict[str, list[str]] = {"seq": [], "ovl": []}  # progress: each shard as it is done
+    seq = sequential.process_all(tasks, lambda s: seen["seq"].append(s["shard"]))
+    ovl = overlapped.process_all(tasks, lambda s: seen["ovl"].append(s["shard"]))
+    assert seen["seq"] == seen["ovl"] == [t.shard for t in tasks]
     assert [s["shard"] for s in ovl] == [t.shard for t in tasks]
     assert [s["sha256"] for s in seq] == [s["sha256"] for s in ovl]
     assert not any(s["reused"] for s in ovl)
