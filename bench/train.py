@@ -78,6 +78,7 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.common import machine_info as common_machine_info
+from bench.common import repo_relative
 from cxr.token_shards import LABEL_COLUMNS, token_schema
 from models.early_fusion import (
     LMConfig,
@@ -538,16 +539,6 @@ def run_ray(
 # Report
 
 
-def relative_path(path: Path) -> str:
-    """``path`` relative to the repository when inside it (results never record a machine's
-    absolute paths), else as given."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        return str(Path(path).resolve().relative_to(root))
-    except ValueError:
-        return str(path)
-
-
 def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
     """CPU/GPU, load, threads and versions."""
     info = common_machine_info(
@@ -869,7 +860,7 @@ def main() -> None:
 
     payload = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "args": {k: relative_path(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": {k: repo_relative(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "resolved": {
             "preset": preset,
             "device": device.type,
