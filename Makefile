@@ -3,14 +3,18 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO_STUDIES ?= 400
+DEMO_STUDIES ?= 1000
 DEMO_SEED ?= 0
 UI_PORT ?= 3000
 DEMO_SELECT ?= not group:evaluation
+# Run config of the demo (split ratios, evaluation floors, training preset): pipelines/run_config/
+DEMO_CONFIG ?= pipelines/run_config/demo.yaml
+# Another data seed gets its own archive, storage and Dagster home (make demo DEMO_SEED=1).
+DEMO_SUFFIX := $(if $(filter 0,$(DEMO_SEED)),,-seed$(DEMO_SEED))
 
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-export CHEXMIX_SOURCE_ROOT ?= $(CURDIR)/data/demo
-export CHEXMIX_STORAGE_ROOT ?= $(CURDIR)/storage
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home$(DEMO_SUFFIX)
+export CHEXMIX_SOURCE_ROOT ?= $(CURDIR)/data/demo$(DEMO_SUFFIX)
+export CHEXMIX_STORAGE_ROOT ?= $(CURDIR)/storage$(DEMO_SUFFIX)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 # Ray auth: no global RAY_AUTH_MODE=disabled. A cluster (cluster-demo, any RAY_ADDRESS) always runs
@@ -33,11 +37,20 @@ $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf 'telemetry:\n  enabled: false\n' > $@
 
+DEMO_ARGS = studies=$(DEMO_STUDIES) seed=$(DEMO_SEED)
 data: venv
 	@if [ -f "$(CHEXMIX_SOURCE_ROOT)/ground_truth/labels.csv" ]; then \
+	  made="$$(cat '$(CHEXMIX_SOURCE_ROOT)/ground_truth/demo_args.txt' 2>/dev/null)"; \
+	  if [ -n "$$made" ] && [ "$$made" != "$(DEMO_ARGS)" ]; then \
+	    echo "error: the archive at $(CHEXMIX_SOURCE_ROOT) was generated with $$made, not $(DEMO_ARGS):" \
+	      "remove it (and make clean-demo) or set CHEXMIX_SOURCE_ROOT" >&2; exit 2; \
+	  fi; \
 	  echo "demo archive already at $(CHEXMIX_SOURCE_ROOT)"; \
 	else \
-	  $(BIN)/python -m cxr.synthetic "$(CHEXMIX_SOURCE_ROOT)" --studies $(DEMO_STUDIES) --seed $(DEMO_SEED); \
+	  start=$$(date +%s); \
+	  $(BIN)/python -m cxr.synthetic "$(CHEXMIX_SOURCE_ROOT)" --studies $(DEMO_STUDIES) --seed $(DEMO_SEED) && \
+	  echo "$(DEMO_ARGS)" > "$(CHEXMIX_SOURCE_ROOT)/ground_truth/demo_args.txt" && \
+	  echo "demo archive generated in $$(( $$(date +%s) - start )) s"; \
 	fi
 
 # elapsed time of every asset step of the runs since the demo started (from the event log)
@@ -46,10 +59,12 @@ RUN_TIMES = $(BIN)/python -m pipelines.run_times --since "$$(cat '$(DAGSTER_HOME
 demo: venv data $(DAGSTER_HOME)/dagster.yaml
 	@date +%s > '$(DAGSTER_HOME)/.demo_started'
 	$(BIN)/dagster asset materialize -m pipelines.definitions --select '$(DEMO_SELECT)' \
+	  -c '$(DEMO_CONFIG)' || { $(RUN_TIMES); exit 1; }
+	$(BIN)/python -m pipelines.evaluate run --all --only-new --config '$(DEMO_CONFIG)' \
 	  || { $(RUN_TIMES); exit 1; }
-	$(BIN)/python -m pipelines.evaluate run --all --only-new || { $(RUN_TIMES); exit 1; }
 	@echo
 	@$(RUN_TIMES)
+	@echo "make demo: $$(( $$(date +%s) - $$(cat '$(DAGSTER_HOME)/.demo_started') )) s after the archive was ready"
 	@echo
 	@echo "Done. Outputs: $(CHEXMIX_STORAGE_ROOT); catalog: $(CHEXMIX_STORAGE_ROOT)/catalog.duckdb"
 	@echo "Leaderboard: $(CHEXMIX_STORAGE_ROOT)/evaluation/leaderboard.md"

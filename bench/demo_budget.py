@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+# Running a script puts bench/ first on sys.path, where bench/tokenize.py would shadow the
+# standard library's tokenize: move it last, put the repository root first.
+sys.path.sort(key=lambda p: Path(p or ".").resolve() == Path(__file__).resolve().parent)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
@@ -164,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     validate = prepare_rows(load_split(shards, "validate"), config)
     base = _bag_of_codes(vocab, train, validate, config)
     print(f"VALIDATE {len(validate)} frontal images, TRAIN {len(train)}; bag of codes {base}")
-    results = {"machine": machine_info(), "storage": repo_relative(root), "args": vars(args)}
+    results = {
+        "machine": machine_info(["torch", "transformers", "scikit-learn"]),
+        "storage": repo_relative(root),
+        "args": vars(args),
+    }
     results["bag_of_codes"] = base
     results["candidates"] = {}
     max_positions = 256 + args.max_text_tokens + 8

@@ -18,6 +18,9 @@ import math
 import sys
 from pathlib import Path
 
+# Running a script puts bench/ first on sys.path, where bench/tokenize.py would shadow the
+# standard library's tokenize: move it last, put the repository root first.
+sys.path.sort(key=lambda p: Path(p or ".").resolve() == Path(__file__).resolve().parent)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(
             json.dumps(
                 {
-                    "machine": machine_info(),
+                    "machine": machine_info(["torch", "numpy", "scikit-learn"]),
                     "storage": repo_relative(root),
                     "args": vars(args),
                     "train_images": len(train),

@@ -2,13 +2,15 @@
 
     python -m pipelines.evaluate list
     python -m pipelines.evaluate register PATH [--key KEY] [--run]
-    python -m pipelines.evaluate run (--all | KEY ...) [--only-new]
+    python -m pipelines.evaluate run (--all | KEY ...) [--only-new] [--config FILE]
 
 ``register`` records any checkpoint directory (a published one with ``checkpoint.json`` or a
 ``train_lm`` folder with ``COMPLETE``) so that the sensor, or ``run``, evaluates it. ``run``
 adds the partitions to the Dagster instance ($DAGSTER_HOME, default ``<project>/.dagster_home``
 as ``make`` sets it) and materializes the four evaluation assets per checkpoint, then the paired
-comparisons and the leaderboard, as runs the UI shows. Also ``chexmix evaluate ...``.
+comparisons and the leaderboard, as runs the UI shows. ``--config`` takes a Dagster run config
+YAML (``ops: {findings_eval: {config: {...}}, ...}``, e.g. ``pipelines/run_config/demo.yaml``);
+only the evaluation assets' entries are used. Also ``chexmix evaluate ...``.
 
 Exit codes: 0 done (or nothing to do), 1 an evaluation failed, 2 usage error / unknown key.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from tqdm import tqdm
@@ -27,7 +31,29 @@ from pipelines.partitions import checkpoints_partitions, evaluated_partitions
 from pipelines.resources import StorageResource
 
 
-def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
+def evaluation_run_config(path: str | Path | None) -> dict[str, Any]:
+    """The evaluation assets' part of a run config YAML file (``{}`` for None).
+
+    Raises:
+        ValueError: The file is not a mapping with an ``ops`` mapping.
+    """
+    from assets.evaluation import EVAL_ASSETS
+
+    if path is None:
+        return {}
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("ops", {}), dict):
+        raise ValueError(f"{path}: expected a run config mapping with an 'ops' mapping")
+    names = {key.to_python_identifier() for a in EVAL_ASSETS for key in a.keys}
+    ops = {name: entry for name, entry in (data.get("ops") or {}).items() if name in names}
+    return {"ops": ops} if ops else {}
+
+
+def evaluate(
+    keys: list[str], instance: dg.DagsterInstance, run_config: dict[str, Any] | None = None
+) -> bool:
     """Add partitions, materialize the evaluation assets per key, then the leaderboard."""
     from assets.evaluation import EVAL_ASSETS
     from pipelines.resources import default_resources
@@ -47,6 +73,7 @@ def evaluate(keys: list[str], instance: dg.DagsterInstance) -> bool:
             partition_key=key,
             instance=instance,
             resources=resources,
+            run_config=run_config or None,
             raise_on_error=False,
         )
         tqdm.write(f"{key}: {'evaluated' if result.success else 'FAILED'}", file=sys.stdout)
@@ -80,11 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("path")
     reg.add_argument("--key", default=None, help="partition key (default reg-<folder name>)")
     reg.add_argument("--run", action="store_true", help="evaluate it now")
+    reg.add_argument("--config", default=None, help="run config YAML of the evaluation assets")
     run = sub.add_parser("run", help="evaluate checkpoints now")
     run.add_argument("keys", nargs="*")
     run.add_argument("--all", action="store_true", help="every discovered checkpoint")
     run.add_argument("--only-new", action="store_true", help="skip evaluated checkpoints")
+    run.add_argument("--config", default=None, help="run config YAML of the evaluation assets")
     args = parser.parse_args(argv)
+    try:
+        run_config = evaluation_run_config(getattr(args, "config", None))
+    except (OSError, ValueError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
     root = StorageResource().root_path
     instance = dagster_instance()
     if args.command == "list":
@@ -96,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "register":
         ref = register(root, args.path, args.key)
         sys.stdout.write(f"registered {ref.key} -> {ref.path}\n")
-        return 0 if not args.run or evaluate([ref.key], instance) else 1
+        return 0 if not args.run or evaluate([ref.key], instance, run_config) else 1
     known = {r.key for r in discover(root)}
     keys = sorted(known) if args.all else args.keys
     unknown = [k for k in keys if k not in known]
@@ -109,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if not keys:
         sys.stdout.write("nothing to evaluate\n")
         return 0
-    return 0 if evaluate(keys, instance) else 1
+    return 0 if evaluate(keys, instance, run_config) else 1
 
 
 if __name__ == "__main__":

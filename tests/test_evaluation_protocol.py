@@ -265,8 +265,13 @@ def test_comparisons_pair_arms_of_one_stage1_family_and_baselines(tmp_path):
     y = (rng.random(n) < 0.5).astype(float)
     catalog = Catalog(tmp_path / "catalog.duckdb")
     base = findings_samples(y + rng.normal(size=n), y, patients)
-    codes = base.with_columns(
-        pl.lit("bag_of_codes").alias("method"), pl.lit(0).cast(pl.Int16).alias("layer")
+    codes = pl.concat(
+        [
+            base.with_columns(
+                pl.lit(method).alias("method"), pl.lit(0).cast(pl.Int16).alias("layer")
+            )
+            for method in ("bag_of_codes", "pixel_blocks")
+        ]
     )
     arms = {
         "stage1-a": {"arm": "stage1"},
@@ -295,8 +300,9 @@ def test_comparisons_pair_arms_of_one_stage1_family_and_baselines(tmp_path):
         ("stage1-continued-a", "stage1-a"),
     }
     baselines = frame.filter(pl.col("kind") == "baseline")
-    assert set(baselines["checkpoint_b"]) == {"bag_of_codes"} and baselines.height == 4
-    assert counts == {"pairs": 7, "recomputed": 7, "kept": 0, "rows": 7}
+    assert set(baselines["checkpoint_b"]) == {"bag_of_codes", "pixel_blocks"}
+    assert baselines.height == 8
+    assert counts == {"pairs": 11, "recomputed": 11, "kept": 0, "rows": 11}
     ablation = frame.filter(
         pl.col("checkpoint_a") == "stage2-a", pl.col("checkpoint_b") == "stage1-continued-a"
     )
@@ -313,8 +319,8 @@ def test_comparisons_pair_arms_of_one_stage1_family_and_baselines(tmp_path):
         run="2",
     )
     assert (
-        update_comparisons(catalog, n_boot=50, seed=0)["recomputed"] == 1 + 2
-    )  # baseline + 2 pairs
+        update_comparisons(catalog, n_boot=50, seed=0)["recomputed"] == 2 + 2
+    )  # its 2 baselines + 2 pairs
 
 
 def test_comparison_pairs_order_later_arms_first():
