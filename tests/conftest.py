@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# absl (imported by rouge-score) creates its logging handler at import with the sys.stderr of that
+# moment; under pytest that is a capture stream. Any later run on a Dagster instance with a
+# dagster.yaml calls logging.config.dictConfig, which closes every handler of the process, and
+# absl's close() closes its stream unless it is sys.stderr at that moment: pytest's capture file
+# was closed ("I/O operation on closed file" in whichever test ran next with capsys, e.g.
+# test_run_times, and all later stderr lost). Imported here against the real stderr, which absl
+# never closes.
+with contextlib.redirect_stderr(sys.__stderr__):
+    import absl.logging  # noqa: F401
 
 os.environ.update(
     {
