@@ -163,7 +163,7 @@ def image_tokenizer(
             if config.num_workers > 1:
                 from pipelines.vq_training import fit_vq_with_ray
 
-                ray.ensure_started()
+                ray.ensure_started(min_cpus=config.num_workers)
                 distributed_dir = storage.path("private", "vq_ray_checkpoint")
                 ray_metrics = fit_vq_with_ray(
                     vq_config.to_dict(),

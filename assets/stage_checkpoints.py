@@ -382,7 +382,7 @@ def _run(
     if config.use_ray:
         from pipelines.ray_training import fit_with_ray
 
-        ray.ensure_started()
+        ray.ensure_started(min_cpus=config.num_workers)
         result = fit_with_ray(
             loop_config,
             num_workers=config.num_workers,

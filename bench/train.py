@@ -456,11 +456,11 @@ def ensure_ray(max_workers: int) -> tuple[dict[str, float], bool]:
     import ray
     import ray.train.torch  # what fit_with_ray imports first
 
-    from pipelines import ray_training
+    from pipelines.ray_startup import ensure_ray
 
     imported = time.perf_counter()
     already = ray.is_initialized()
-    ray_training._ensure_ray(max_workers)
+    ensure_ray(min_cpus=max_workers)
     timings = {
         "ray_import_s": imported - start,
         "ray_init_s": 0.0 if already else time.perf_counter() - imported,

@@ -23,6 +23,10 @@ os.environ.update(
     {
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
+        # The suite's short-lived local Rays run without auth. They are NOT loopback-only (Ray
+        # 2.60 turns a 127.0.0.1 node address into the host's and listens on all interfaces),
+        # so this is for build machines whose ports nobody else reaches; the production default
+        # (token auth) is tested end to end in test_ray_startup.py.
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",

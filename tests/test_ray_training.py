@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -89,16 +88,9 @@ TOTAL_STEPS = 6
 def ray_session():
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            _node_ip_address="127.0.0.1",
-        )
-        started = True
+    from pipelines.ray_startup import ensure_ray
+
+    started = ensure_ray("", num_cpus=2)
     yield
     if started:
         ray.shutdown()
