@@ -4,6 +4,7 @@ import sys
 import time
 
 import dagster as dg
+
 from pipelines.run_times import format_table, main, step_times
 
 
