@@ -27,7 +27,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
 
     from cxr.image_batches import train_batches
-    from models.vq_tokenizer import VQConfig, VQTokenizer, save_checkpoint
+    from models.vq_tokenizer import VQConfig, VQTokenizer, write_checkpoint_files
     from models.vq_train import VQTrainConfig, train_vq
 
     context = ray.train.get_context()
@@ -78,7 +78,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         metrics["codebook_max_abs_diff_across_workers"] = float(spread)
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(inner.cpu(), tmp)
+            write_checkpoint_files(inner.cpu(), tmp)  # private folder; the driver publishes
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics)  # every rank reports the same number of times (barrier)
