@@ -200,7 +200,7 @@ class EvalContext:
     def __init__(self, context: dg.AssetExecutionContext, run: EvalRun, storage: StorageResource):
         from models.lm_data import shard_paths_from_manifest
         from models.vocabulary import Vocabulary
-        from pipelines.checkpoint_registry import find, open_manifest
+        from pipelines.checkpoints.registry import find, open_manifest
 
         self.key = context.partition_key
         self.ref = find(storage.root_path, self.key)

@@ -160,7 +160,7 @@ def image_tokenizer(
                 show(step, numeric)
 
             if config.num_workers > 1:
-                from pipelines.vq_training import fit_vq_with_ray
+                from pipelines.on_ray.vq_training import fit_vq_with_ray
 
                 ray.ensure_started(min_cpus=config.num_workers)
                 distributed_dir = storage.path("private", "vq_ray_checkpoint")

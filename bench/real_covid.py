@@ -329,7 +329,7 @@ ARMS = ("stage1", "stage2", "stage1-continued")
 
 def published_checkpoint(demo_storage: Path, arm: str) -> tuple[Path, dict[str, Any]] | None:
     """The newest published checkpoint of an arm, re-hashed against its manifest."""
-    from pipelines.checkpoints import verify_checkpoint
+    from pipelines.checkpoints.publish import verify_checkpoint
 
     folders = sorted(
         p.parent for p in (demo_storage / "checkpoints" / arm).glob("*/checkpoint.json")

@@ -94,7 +94,7 @@ def _run_delegate(name: str, main: Callable[[list[str] | None], int], argv: list
 
 def cmd_evaluate(argv: list[str]) -> int:
     """``chexmix evaluate ...`` = ``python -m pipelines.evaluate ...``."""
-    from pipelines.evaluate import main
+    from pipelines.cli.evaluate import main
 
     return _run_delegate("evaluate", main, argv)
 
@@ -162,8 +162,8 @@ def cmd_leaderboard(argv: list[str]) -> int:
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     board = _storage_root() / "evaluation" / "leaderboard.md"
     if args.rebuild:
-        from pipelines import instance
-        from pipelines.evaluate import rebuild_leaderboard
+        from pipelines.cli import instance
+        from pipelines.cli.evaluate import rebuild_leaderboard
 
         if not rebuild_leaderboard(instance.dagster_instance()):
             sys.stderr.write("error: the leaderboard run failed; see the Dagster UI / logs\n")
@@ -290,7 +290,7 @@ def _check_ray() -> list[Finding]:
     ray = SimpleNamespace(__version__=importlib.metadata.version("ray"))
     address = os.environ.get("RAY_ADDRESS", "")
     if not address:
-        from pipelines.ray_auth import local_token_path
+        from pipelines.on_ray.auth import local_token_path
 
         mode = os.environ.get("RAY_AUTH_MODE", "token")
         auth = f"token auth ({local_token_path()})" if mode == "token" else f"auth {mode}"
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         The exit code (module docstring).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    from pipelines.instance import ensure_dagster_home
+    from pipelines.cli.instance import ensure_dagster_home
 
     defaulted = not os.environ.get("DAGSTER_HOME")
     ensure_dagster_home()  # every command works from a plain shell, as under `make`

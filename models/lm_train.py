@@ -1,7 +1,7 @@
 """Single-process training loop of the early-fusion LM (CheXmix stages 1 and 2).
 
 ``train_lm`` is a plain function of (model, data factory, config): no framework. A distributed
-runner (``pipelines.ray_training``) wraps the model in DDP/FSDP, gives every worker its own
+runner (``pipelines.on_ray.lm_training``) wraps the model in DDP/FSDP, gives every worker its own
 data factory and calls the same function; the loop notices an initialised
 ``torch.distributed`` process group and then (a) gathers every rank's data position and RNG
 states into rank 0's checkpoint, (b) averages logged metrics over ranks. Every rank must call

@@ -111,7 +111,7 @@ class PrivacyResource(dg.ConfigurableResource):
 class RayResource(dg.ConfigurableResource):
     """Ray: a cluster at ``address``/``$RAY_ADDRESS`` (token auth), else a quiet local instance.
 
-    Started by ``pipelines.ray_startup.ensure_ray``, the project's one way to start Ray.
+    Started by ``pipelines.on_ray.startup.ensure_ray``, the project's one way to start Ray.
     """
 
     address: str = Field(default="", description="Ray address; empty = $RAY_ADDRESS or local")
@@ -119,7 +119,7 @@ class RayResource(dg.ConfigurableResource):
 
     def ensure_started(self, min_cpus: int = 1) -> None:
         """Connect to (or start) Ray once per process; a local Ray gets >= ``min_cpus`` CPUs."""
-        from pipelines.ray_startup import ensure_ray
+        from pipelines.on_ray.startup import ensure_ray
 
         ensure_ray(self.address or None, num_cpus=self.num_cpus, min_cpus=min_cpus)
 

@@ -62,8 +62,8 @@ from typing import Any
 
 import psutil
 
-from pipelines.ray_auth import TOKEN, TOKEN_PATH, cluster_auth_env
-from pipelines.ray_startup import ensure_ray
+from pipelines.on_ray.auth import TOKEN, TOKEN_PATH, cluster_auth_env
+from pipelines.on_ray.startup import ensure_ray
 
 STATE_NAME = "cluster.json"
 LOOPBACK = "127.0.0.1"
@@ -603,8 +603,8 @@ def run_demo(
     """
     import dagster as dg
 
+    from pipelines.cli.instance import dagster_instance
     from pipelines.definitions import defs
-    from pipelines.instance import dagster_instance
     from pipelines.resources import StorageResource, default_resources
 
     storage = StorageResource().root_path

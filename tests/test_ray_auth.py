@@ -1,4 +1,4 @@
-"""Ray token auth settings (``pipelines.ray_auth``); a local Ray started with them is in
+"""Ray token auth settings (``pipelines.on_ray.auth``); a local Ray started with them is in
 test_ray_startup.py, the real refusal by a cluster in test_ray_cluster.py."""
 
 import os
@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from pipelines import ray_auth
-from pipelines.ray_auth import RayAuthError, cluster_auth_env, prepare_ray_auth, write_token_file
+from pipelines.on_ray import auth as ray_auth
+from pipelines.on_ray.auth import RayAuthError, cluster_auth_env, prepare_ray_auth, write_token_file
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Ray start-up (``pipelines.ray_startup.ensure_ray``): the one way the project starts Ray."""
+"""Ray start-up (``pipelines.on_ray.startup.ensure_ray``): the one way the project starts Ray."""
 
 import os
 import re
@@ -10,8 +10,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 LOCAL_RAY = """
 import os, ray
-from pipelines.ray_auth import RayAuthError
-from pipelines.ray_startup import ensure_ray
+from pipelines.on_ray.auth import RayAuthError
+from pipelines.on_ray.startup import ensure_ray
 from pipelines.resources import RayResource
 
 try:
@@ -55,7 +55,7 @@ def test_a_local_ray_is_quiet_with_token_auth_and_the_cpus_asked(tmp_path):
 
 #: Where ``ray.init`` may be called directly: the helper, and the test driver that must reach a
 #: cluster WITHOUT the project's auth set-up to show that the cluster refuses it.
-RAY_INIT_ALLOWED = {"pipelines/ray_startup.py", "tests/test_ray_cluster.py"}
+RAY_INIT_ALLOWED = {"pipelines/on_ray/startup.py", "tests/test_ray_cluster.py"}
 
 
 def test_nothing_else_starts_ray_itself():
@@ -70,5 +70,7 @@ def test_nothing_else_starts_ray_itself():
         for path in (REPO_ROOT / "tests").glob("*.py")
         if path.name != Path(__file__).name and re.search(r"\bray\.init\(", path.read_text())
     }
-    assert callers <= RAY_INIT_ALLOWED, f"call pipelines.ray_startup.ensure_ray instead: {callers}"
-    assert "pipelines/ray_startup.py" in callers
+    assert callers <= RAY_INIT_ALLOWED, (
+        f"call pipelines.on_ray.startup.ensure_ray instead: {callers}"
+    )
+    assert "pipelines/on_ray/startup.py" in callers

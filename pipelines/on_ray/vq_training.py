@@ -111,7 +111,7 @@ def fit_vq_with_ray(
     from ray.train.torch import TorchTrainer
 
     from cxr.storage import atomic_dir
-    from pipelines.ray_startup import ensure_ray
+    from pipelines.on_ray.startup import ensure_ray
 
     ensure_ray(min_cpus=num_workers)  # no-op when the step already started Ray
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")

@@ -306,7 +306,7 @@ def fit_with_ray(
     """Train the LM with Ray Train (DDP over ``num_workers`` workers); resume on failures.
 
     Starts a quiet local Ray when none is running (``$RAY_ADDRESS`` connects to a cluster),
-    through ``pipelines.ray_startup.ensure_ray``.
+    through ``pipelines.on_ray.startup.ensure_ray``.
 
     Args:
         train_loop_config: Per-worker config (see the module docstring).
@@ -341,7 +341,7 @@ def fit_with_ray(
     from ray.train.torch import TorchTrainer
 
     from models.lm_train import LMTrainConfig
-    from pipelines.ray_startup import ensure_ray
+    from pipelines.on_ray.startup import ensure_ray
 
     LMTrainConfig.from_dict(train_loop_config["train"])  # fail fast, in the driver
     _vocab(train_loop_config)

@@ -4,7 +4,7 @@
 auth, or starts a quiet single-node local Ray. Every setting lives here, so a promise about Ray
 start-up (auth, address, logging, CPUs) holds everywhere:
 
-- auth: ``pipelines.ray_auth.prepare_ray_auth`` (a cluster always uses token auth; the local
+- auth: ``pipelines.on_ray.auth.prepare_ray_auth`` (a cluster always uses token auth; the local
   Ray uses token auth unless ``RAY_AUTH_MODE`` is set explicitly, as the tests do);
 - node address: the local Ray is asked for ``_node_ip_address="127.0.0.1"``, but Ray 2.60
   replaces a loopback address by the host's primary one (``resolve_ip_for_localhost``, as
@@ -47,14 +47,14 @@ def ensure_ray(
         True when this call started or joined Ray; False when Ray was already initialized.
 
     Raises:
-        pipelines.ray_auth.RayAuthError: Joining a cluster without a usable token, or a
+        pipelines.on_ray.auth.RayAuthError: Joining a cluster without a usable token, or a
             ``RAY_AUTH_TOKEN_PATH`` that names no private, non-empty file.
     """
     import ray
 
     if ray.is_initialized():
         return False
-    from pipelines.ray_auth import prepare_ray_auth
+    from pipelines.on_ray.auth import prepare_ray_auth
 
     address = os.environ.get("RAY_ADDRESS", "") if address is None else address
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
