@@ -94,7 +94,7 @@ def _run_delegate(name: str, main: Callable[[list[str] | None], int], argv: list
 
 def cmd_evaluate(argv: list[str]) -> int:
     """``chexmix evaluate ...`` = ``python -m pipelines.evaluate ...``."""
-    from pipelines.cli.evaluate import main
+    from pipelines.evaluate import main
 
     return _run_delegate("evaluate", main, argv)
 
@@ -162,8 +162,8 @@ def cmd_leaderboard(argv: list[str]) -> int:
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     board = _storage_root() / "evaluation" / "leaderboard.md"
     if args.rebuild:
-        from pipelines.cli import instance
-        from pipelines.cli.evaluate import rebuild_leaderboard
+        from pipelines import instance
+        from pipelines.evaluate import rebuild_leaderboard
 
         if not rebuild_leaderboard(instance.dagster_instance()):
             sys.stderr.write("error: the leaderboard run failed; see the Dagster UI / logs\n")
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         The exit code (module docstring).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    from pipelines.cli.instance import ensure_dagster_home
+    from pipelines.instance import ensure_dagster_home
 
     defaulted = not os.environ.get("DAGSTER_HOME")
     ensure_dagster_home()  # every command works from a plain shell, as under `make`

@@ -603,8 +603,8 @@ def run_demo(
     """
     import dagster as dg
 
-    from pipelines.cli.instance import dagster_instance
     from pipelines.definitions import defs
+    from pipelines.instance import dagster_instance
     from pipelines.resources import StorageResource, default_resources
 
     storage = StorageResource().root_path

@@ -11,7 +11,7 @@ import pytest
 from cxr import cli
 from cxr.catalog import Catalog
 from cxr.lineage import LineageRecord, record
-from pipelines.cli import instance as instance_module
+from pipelines import instance as instance_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_usage_errors_exit_2(capsys, plain_shell):
 
 def test_plain_shell_gets_the_project_dagster_home(plain_shell, capsys, tmp_path):
     """`chexmix evaluate list` (and `python -m pipelines.evaluate list`) without DAGSTER_HOME."""
-    from pipelines.cli.evaluate import main as evaluate_main
+    from pipelines.evaluate import main as evaluate_main
 
     assert cli.main(["evaluate", "list"]) == cli.EXIT_OK
     home = tmp_path / "project" / ".dagster_home"

@@ -5,7 +5,7 @@ import time
 
 import dagster as dg
 
-from pipelines.cli.run_times import format_table, main, step_times
+from pipelines.run_times import format_table, main, step_times
 
 
 @dg.asset

@@ -66,7 +66,7 @@ def write_token_file(path: Path) -> Path:
 
 def local_token_path() -> Path:
     """Where the local Ray's generated token lives: ``<DAGSTER_HOME>/ray_auth_token``."""
-    from pipelines.cli.instance import project_root
+    from pipelines.instance import project_root
 
     home = os.environ.get("DAGSTER_HOME") or str(project_root() / ".dagster_home")
     return Path(home) / "ray_auth_token"

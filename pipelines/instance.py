@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import dagster as dg
 
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding pipelines/
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 
 
