@@ -270,6 +270,7 @@ def _selection_key(ec: "EvalContext", core: FindingsConfig) -> dict[str, Any]:
         "candidate_layers": list(core.candidate_layers),
         "probe_c": core.probe_c,
         "min_test_positives": core.min_test_positives,
+        "min_validate_positives": core.min_validate_positives,
         "uncertainty_policy": core.uncertainty_policy,
         "views": core.views,
         "max_train_images": core.max_train_images,
@@ -460,10 +461,17 @@ _ASSET_KW = dict(
 
 
 @dg.asset(
-    deps=["token_shards", "vocabulary", "finding_labels", *paths.TRAINING_POINTERS],
+    deps=[
+        "token_shards",
+        "vocabulary",
+        "finding_labels",
+        "image_tokenizer",
+        *paths.TRAINING_POINTERS,
+    ],
     description="Findings AUROC per CheXpert observation and macro, image tokens masked "
     "0-80%, linear probes on the checkpoint's hidden states (layer chosen on VALIDATE) vs a "
-    "bag-of-codes baseline; patient-bootstrap 95% CIs.",
+    "bag-of-codes floor and a pixel-blocks ceiling (block means of the VQ reconstruction); "
+    "patient-bootstrap 95% CIs.",
     **_ASSET_KW,
 )
 def findings_eval(
@@ -484,7 +492,19 @@ def findings_eval(
         if core.layer is None:
             validate = ec.split("validate", run.max_validate_rows)
         test = ec.split("test", run.max_test_rows)
-        result = run_findings(ec.model, ec.vocab, train, test, core, validate=validate)
+        decode = None
+        if core.pixel_grid > 0:
+            from evaluation.inpainting import decode_uint8
+            from models.vq_tokenizer import load_checkpoint
+
+            vq = load_checkpoint(storage.path(*paths.IMAGE_TOKENIZER_DIR), run.device).eval()
+
+            def decode(codes):
+                return decode_uint8(vq, codes, core.batch_size).numpy()
+
+        result = run_findings(
+            ec.model, ec.vocab, train, test, core, validate=validate, decode=decode
+        )
         selection = result.selection
         save_layer_selection(ec, core, selection)
         from evaluation.plots import auroc_by_ratio_png, roc_curves_png
@@ -522,6 +542,15 @@ def findings_eval(
                 ),
                 "uncertainty_policy": core.uncertainty_policy,
                 "views": core.views,
+                "test_patients_per_observation": dg.MetadataValue.md(
+                    markdown_table(
+                        [
+                            {"observation": o, "positive patients": p, "negative patients": n}
+                            for o, (p, n) in result.test_patients.items()
+                        ],
+                        ["observation", "positive patients", "negative patients"],
+                    )
+                ),
             },
         )
 

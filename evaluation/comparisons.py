@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS eval_comparisons (
 #: Baselines of each task that are compared with the checkpoint (``method`` in the samples;
 #: ``chance`` is analytic). The VQ reconstruction is a ceiling, not a baseline.
 TASK_BASELINES = {
-    "findings": ("bag_of_codes",),
+    "findings": ("bag_of_codes", "pixel_blocks"),
     "inpainting": ("image_blind_mode_fill",),
     "report_generation": ("nearest_train_report_codes", "nearest_train_report_features"),
     "retrieval": ("chance",),

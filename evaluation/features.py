@@ -136,3 +136,38 @@ def code_histograms(codes: np.ndarray, masks: np.ndarray | None, codebook_size: 
     np.add.at(out, (rows[visible.reshape(-1)], codes.reshape(-1)[visible.reshape(-1)]), 1.0)
     counts = out.sum(axis=1, keepdims=True)
     return out / np.maximum(counts, 1.0)
+
+
+def pixel_block_features(
+    images: np.ndarray, masks: np.ndarray | None, grid: int, code_grid: int
+) -> np.ndarray:
+    """Position-aware pixel features: block means of (decoded) images on a ``grid`` x ``grid``.
+
+    The findings task's "pixel ceiling": what a linear probe can read from the pixels that the
+    image tokenizer lets through, position by position, with no transformer. Blocks under a
+    masked image token are NaN (the caller imputes them, e.g. with TRAIN means), so masking
+    hides the same pixels from this baseline as from the model.
+
+    Args:
+        images: uint8 or float (M, H, W) images, H and W divisible by ``grid``.
+        masks: bool (M, code_grid**2) masked image-token positions (raster order), or None.
+        grid: Blocks per side; a multiple of ``code_grid`` when ``masks`` is given.
+        code_grid: Image tokens per side.
+
+    Returns:
+        float32 (M, grid * grid) block means in [0, 1] (NaN under masked tokens).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3 or images.shape[1] % grid or images.shape[2] % grid:
+        raise ValueError(f"images must be (M, H, W) with H, W divisible by {grid}: {images.shape}")
+    m, h, w = images.shape
+    scale = 255.0 if images.max(initial=0.0) > 1.0 else 1.0
+    blocks = images.reshape(m, grid, h // grid, grid, w // grid).mean(axis=(2, 4)) / scale
+    if masks is not None:
+        if grid % code_grid:
+            raise ValueError(f"grid {grid} must be a multiple of the code grid {code_grid}")
+        per = grid // code_grid
+        hidden = np.asarray(masks, dtype=bool).reshape(m, code_grid, code_grid)
+        hidden = hidden.repeat(per, axis=1).repeat(per, axis=2)
+        blocks = np.where(hidden, np.nan, blocks)
+    return blocks.reshape(m, grid * grid).astype(np.float32)

@@ -19,7 +19,8 @@ table: the same probe on a bag-of-image-codes histogram (no transformer).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,7 @@ from evaluation.features import (
     code_histograms,
     hidden_state_features,
     hidden_state_features_by_layer,
+    pixel_block_features,
     resolve_layer,
 )
 from evaluation.results import MetricRow
@@ -58,13 +60,18 @@ class FindingsConfig:
             layer of a model of at most 12 blocks, else the 7-12-of-32 band of the depth.
         mask_ratios: Fractions of image tokens masked (same masks for every checkpoint).
         probe_c: Inverse L2 strength of the logistic-regression probe.
-        min_test_positives: An observation is scored (in TEST, and in VALIDATE for the layer
-            choice) only with at least this many positive and this many negative PATIENTS.
+        min_test_positives: An observation is scored on TEST only with at least this many
+            positive and this many negative PATIENTS.
+        min_validate_positives: The same floor on VALIDATE, for the layer choice (VALIDATE is
+            usually the smallest split; None: ``min_test_positives``).
         uncertainty_policy: Target of an uncertain mention: ``u_ones`` (positive, default),
             ``u_zeros`` (negative) or ``ignore`` (left out of that observation).
         views: ``frontal`` (PA/AP images only, default) or ``all``.
         max_train_images: TRAIN images the probes are fitted on (a deterministic patient-level
             subset beyond it), so evaluation cost does not grow with TRAIN; None: all.
+        pixel_grid: Blocks per side of the ``pixel_blocks`` ceiling baseline (block means of
+            the image tokenizer's reconstruction; a multiple of the code grid); 0: no such
+            baseline.
         n_boot: Bootstrap resamples for the intervals.
         batch_size: Images per forward pass.
         seed: Masking and bootstrap seed.
@@ -75,9 +82,11 @@ class FindingsConfig:
     mask_ratios: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8)
     probe_c: float = 0.5
     min_test_positives: int = 3
+    min_validate_positives: int | None = None
     uncertainty_policy: str = DEFAULT_UNCERTAINTY_POLICY
     views: str = "frontal"
     max_train_images: int | None = 20000
+    pixel_grid: int = 16
     n_boot: int = 500
     batch_size: int = 32
     seed: int = 0
@@ -121,12 +130,16 @@ class LayerSelection:
 
 @dataclass
 class FindingsResult:
-    """Metric rows, per-sample probe scores (long format) and the layer selection."""
+    """Metric rows, per-sample probe scores (long format), the layer selection.
+
+    ``test_patients``: per observation, the TEST patients with a positive / a negative target.
+    """
 
     rows: list[MetricRow]
     samples: pl.DataFrame
     curves: dict[str, list[float]] = field(default_factory=dict)
     selection: LayerSelection | None = None
+    test_patients: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def prepare_rows(rows: EvalRows, config: FindingsConfig, cap: bool = False) -> EvalRows:
@@ -182,6 +195,7 @@ def probe_scores(
     eval_t: np.ndarray,
     eval_patients: Sequence[str],
     config: FindingsConfig,
+    min_patients: int | None = None,
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Probe scores on the evaluated rows for every observation that can be scored.
 
@@ -192,19 +206,18 @@ def probe_scores(
         eval_t: float (E, 14) their targets.
         eval_patients: E patient ids.
         config: Settings (``min_test_positives``, ``probe_c``, ``seed``).
+        min_patients: Positive / negative patient floor (None: ``min_test_positives``).
 
     Returns:
         Observation index -> float (E,) scores, and observation index -> skip reason.
     """
     scores: dict[int, np.ndarray] = {}
     skipped: dict[int, str] = {}
+    floor = config.min_test_positives if min_patients is None else min_patients
     for k in range(len(OBSERVATIONS)):
         n_pos, n_neg = _class_patients(eval_t[:, k], eval_patients)
-        if min(n_pos, n_neg) < config.min_test_positives:
-            skipped[k] = (
-                f"skipped: {n_pos} positive / {n_neg} negative patients "
-                f"(< {config.min_test_positives})"
-            )
+        if min(n_pos, n_neg) < floor:
+            skipped[k] = f"skipped: {n_pos} positive / {n_neg} negative patients (< {floor})"
             continue
         keep = np.isfinite(train_t[:, k])
         s = fit_probe_scores(train_x[keep], train_t[keep, k], eval_x, config.probe_c, config.seed)
@@ -368,11 +381,12 @@ def select_layer(
     )
     train_t = train.targets(config.uncertainty_policy)
     val_t = validate.targets(config.uncertainty_policy)
+    floor = config.min_validate_positives
     everything = np.arange(len(validate))
     found: dict[int, float | None] = {}
     for layer in layers:
         scores, _ = probe_scores(
-            train_x[layer], train_t, val_x[layer], val_t, validate.patient_ids, config
+            train_x[layer], train_t, val_x[layer], val_t, validate.patient_ids, config, floor
         )
         value = macro_auroc(val_t, scores, everything) if scores else float("nan")
         found[layer] = value if np.isfinite(value) else None
@@ -410,6 +424,13 @@ def selection_rows(selection: LayerSelection) -> list[MetricRow]:
     ]
 
 
+def _impute_train_mean(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN (masked) features replaced by the TRAIN mean of their column (0 where all NaN)."""
+    with np.errstate(all="ignore"):
+        fill = np.nan_to_num(np.nanmean(train_x, axis=0), nan=0.0)
+    return (np.where(np.isnan(x), fill, x).astype(np.float32) for x in (train_x, test_x))
+
+
 def run_findings(
     model: nn.Module | None,
     vocab: Vocabulary,
@@ -417,19 +438,26 @@ def run_findings(
     test: EvalRows,
     config: FindingsConfig,
     validate: EvalRows | None = None,
+    decode: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> FindingsResult:
-    """The findings table for one checkpoint (``model``) and the bag-of-codes baseline.
+    """The findings table for one checkpoint (``model``) and its baselines.
 
     Args:
-        model: The LM, or None for the baseline alone.
+        model: The LM, or None for the baselines alone.
         vocab: Id layout.
         train: TRAIN rows (probe fitting); capped to ``max_train_images`` whole patients.
         test: TEST rows (scoring, once, at the chosen layer).
         config: Settings.
         validate: VALIDATE rows (the layer choice); needed unless ``config.layer`` is set.
+        decode: Image tokenizer decoder, int (M, N) codes -> (M, H, W) images, for the
+            ``pixel_blocks`` baseline (None, or ``config.pixel_grid`` 0: no such baseline).
     """
     train = prepare_rows(train, config, cap=True)
     test = prepare_rows(test, config)
+    pixels = None
+    if decode is not None and config.pixel_grid > 0:
+        pixels = (decode(train.codes), decode(test.codes))
+    code_grid = math.isqrt(train.codes.shape[1])
     rows: list[MetricRow] = []
     frames = []
     selection = None
@@ -450,6 +478,17 @@ def run_findings(
                 code_histograms(test.codes, test_masks, vocab.codebook_size),
             )
         ]
+        if pixels is not None:
+            feature_sets.append(
+                (
+                    "pixel_blocks",
+                    None,
+                    *_impute_train_mean(
+                        pixel_block_features(pixels[0], train_masks, config.pixel_grid, code_grid),
+                        pixel_block_features(pixels[1], test_masks, config.pixel_grid, code_grid),
+                    ),
+                )
+            )
         if selection is not None:
             layer = selection.layer
             if train_masks is None and layer in unmasked_train:
@@ -471,9 +510,11 @@ def run_findings(
                 frames.append(frame)
     samples = pl.concat(frames) if frames else pl.DataFrame()
     chosen = selection.layer if selection is not None else 0
+    test_t = test.targets(config.uncertainty_policy)
     return FindingsResult(
         rows,
         samples,
         {"layer": [float(chosen)], "train_images": [float(len(train))]},
         selection,
+        {o: _class_patients(test_t[:, k], test.patient_ids) for k, o in enumerate(OBSERVATIONS)},
     )

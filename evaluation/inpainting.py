@@ -93,7 +93,8 @@ def predict_masked_codes(
     return out
 
 
-def _decode_uint8(vq: VQTokenizer, codes: np.ndarray, batch_size: int) -> torch.Tensor:
+def decode_uint8(vq: VQTokenizer, codes: np.ndarray, batch_size: int) -> torch.Tensor:
+    """uint8 (M, S, S) images decoded from int (M, N) raster-order codes."""
     grid = vq.grid_size
     out = []
     for part in batches(len(codes), batch_size):
@@ -128,7 +129,7 @@ def run_inpainting(
         config: Settings.
     """
     original = originals_at_tokenizer_size(vq, pixels)
-    reconstruction = _decode_uint8(vq, test.codes, config.batch_size)
+    reconstruction = decode_uint8(vq, test.codes, config.batch_size)
     rows: list[MetricRow] = []
     frames = []
     ceiling = psnr_uint8(reconstruction, original).numpy()
@@ -160,7 +161,7 @@ def run_inpainting(
                     model, test.codes, masks, vocab, config.batch_size
                 )
             for method, filled in methods.items():
-                decoded = _decode_uint8(vq, filled, config.batch_size)
+                decoded = decode_uint8(vq, filled, config.batch_size)
                 per_image = {
                     "psnr_vs_original": psnr_uint8(decoded, original).numpy(),
                     "psnr_vs_reconstruction": psnr_uint8(decoded, reconstruction).numpy(),
@@ -209,7 +210,7 @@ def run_inpainting(
                 )
             if pattern == config.patterns[0] and ratio == _example_ratio(config.mask_ratios):
                 k = min(config.example_images, len(test))
-                blind = _decode_uint8(vq, methods["image_blind_mode_fill"][:k], config.batch_size)
+                blind = decode_uint8(vq, methods["image_blind_mode_fill"][:k], config.batch_size)
                 masked_view = _masked_view(reconstruction[:k], masks[:k], vq.grid_size)
                 examples = [
                     ("original", original[:k].numpy()),
@@ -218,7 +219,7 @@ def run_inpainting(
                     ("image-blind fill", blind.numpy()),
                 ]
                 if "model" in methods:
-                    inpainted = _decode_uint8(vq, methods["model"][:k], config.batch_size)
+                    inpainted = decode_uint8(vq, methods["model"][:k], config.batch_size)
                     examples.append(("model, one pass", inpainted.numpy()))
     return InpaintingResult(rows, pl.concat(frames), _grid_png(examples))
 

@@ -12,7 +12,8 @@ import torch
 from cxr.catalog import Catalog
 from cxr.labeler import OBSERVATIONS
 from evaluation.data import EvalRows, image_prefix_ids, mask_positions
-from evaluation.findings import FindingsConfig, run_findings
+from evaluation.features import pixel_block_features
+from evaluation.findings import FindingsConfig, run_findings, select_layer
 from evaluation.inpainting import InpaintingConfig, positionwise_mode, run_inpainting
 from evaluation.report_generation import (
     ReportGenerationConfig,
@@ -105,6 +106,61 @@ def test_findings_probe_sees_a_visible_finding(model, vocab):
     fracture = table[("model", "auroc", "Fracture", 0.0)]
     assert fracture.value is None and fracture.status.startswith("skipped: 0 positive")
     assert set(result.samples["method"].unique()) == {"model", "bag_of_codes"}
+
+
+def test_pixel_block_features_hide_masked_tokens():
+    images = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    plain = pixel_block_features(images, None, grid=4, code_grid=2)
+    assert plain.shape == (2, 16)
+    assert plain[0, 0] == pytest.approx(images[0, :2, :2].mean() / 255.0)
+    masks = np.zeros((2, 4), dtype=bool)
+    masks[0, 1] = True  # the top-right token covers blocks (0, 2), (0, 3), (1, 2), (1, 3)
+    hidden = pixel_block_features(images, masks, grid=4, code_grid=2).reshape(2, 4, 4)
+    assert np.isnan(hidden[0, :2, 2:]).all() and np.isfinite(hidden[0, :, :2]).all()
+    assert np.isfinite(hidden[1]).all()
+    with pytest.raises(ValueError, match="multiple of the code grid"):
+        pixel_block_features(images, masks, grid=2, code_grid=4)
+
+
+def test_pixel_blocks_ceiling_reads_what_the_decoder_shows(model, vocab):
+    """The pixel baseline sees a finding drawn in the decoded pixels, code histograms do not."""
+    train, test = make_rows(120, 1), make_rows(60, 2)
+    bright = {}  # Edema: a bright top-left corner in the decoded image, codes drawn at random
+    for seed, rows in enumerate((train, test)):
+        rows.codes = np.random.default_rng(5 + seed).integers(0, CODEBOOK, size=rows.codes.shape)
+        for codes, label in zip(
+            rows.codes, rows.labels[:, OBSERVATIONS.index("Edema")], strict=True
+        ):
+            bright[codes.tobytes()] = label == 1.0
+
+    def decode(codes):
+        images = np.full((len(codes), 8, 8), 100, dtype=np.uint8)
+        images[[bright[c.tobytes()] for c in codes], :2, :2] = 250
+        return images
+
+    cfg = FindingsConfig(layer=1, mask_ratios=(0.0, 0.8), n_boot=50, pixel_grid=4)
+    result = run_findings(model, vocab, train, test, cfg, decode=decode)
+    table = {(r.method, r.metric, r.observation, r.mask_ratio): r for r in result.rows}
+    assert table[("pixel_blocks", "auroc", "Edema", 0.0)].value > 0.95
+    assert table[("bag_of_codes", "auroc", "Edema", 0.0)].value < 0.75
+    assert set(result.samples["method"].unique()) == {"model", "bag_of_codes", "pixel_blocks"}
+    n_pos, n_neg = result.test_patients["Edema"]
+    assert n_pos == int((test.labels[:, OBSERVATIONS.index("Edema")] == 1).sum()) and n_neg > 0
+    # no decoder, or pixel_grid 0: no such baseline
+    cfg0 = FindingsConfig(layer=1, mask_ratios=(0.0,), n_boot=10, pixel_grid=0)
+    plain = run_findings(model, vocab, train, test, cfg0, decode=decode)
+    assert "pixel_blocks" not in set(plain.samples["method"].unique())
+
+
+def test_layer_choice_uses_its_own_validate_floor(model, vocab):
+    """A TEST floor larger than VALIDATE can meet must not force the fallback layer."""
+    train, validate = make_rows(120, 1), make_rows(40, 4)
+    strict = FindingsConfig(min_test_positives=30, n_boot=10)
+    selection, _ = select_layer(model, vocab, train, validate, strict)
+    assert selection.status.startswith("fallback")
+    own = FindingsConfig(min_test_positives=30, min_validate_positives=3, n_boot=10)
+    selection, _ = select_layer(model, vocab, train, validate, own)
+    assert selection.status == "chosen on validate"
 
 
 def test_inpainting_scores_the_image_blind_baseline(vocab):

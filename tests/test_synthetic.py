@@ -551,3 +551,18 @@ def test_render_is_fast_float32_and_bounded(anatomy: object) -> None:
     assert per_image < 0.2, per_image
     big = render_chest(anatomy, (), 1500, 1250, seed=0)
     assert big.shape == (1500, 1250) and big.dtype == np.float32
+
+
+def test_every_stated_finding_is_drawn_uncertain_ones_at_half_strength() -> None:
+    """Labels and pixels agree under U-Ones: an uncertain mention is drawn, at half strength."""
+    from cxr.synthetic.archive import _plan
+
+    uncertain = 0
+    for study in _plan(300, seed=0):
+        stated = {f.observation: f.certainty for f in study.report.findings}
+        drawn = {r.observation: r.strength for r in study.rendered}
+        assert set(drawn) == set(stated)
+        for observation, certainty in stated.items():
+            assert drawn[observation] == (0.5 if certainty == "uncertain" else 1.0)
+            uncertain += certainty == "uncertain"
+    assert uncertain > 10

@@ -285,22 +285,17 @@ def _unique_ints(rng: np.random.Generator, count: int, low: int, high: int) -> l
     return values
 
 
-def _render_findings(
-    findings: Iterable[Finding], rng: np.random.Generator
-) -> tuple[RenderFinding, ...]:
+def _render_findings(findings: Iterable[Finding]) -> tuple[RenderFinding, ...]:
     """What the phantom draws for the report's findings.
 
-    Definite findings are drawn at full strength; about half of the uncertain ones at half
-    strength, the other half not at all (images.csv records which).
+    Definite findings are drawn at full strength, uncertain ones ("possible", "cannot exclude")
+    at half strength (images.csv records it). Every uncertain mention is drawn, so its label is
+    consistent with the evaluation's default U-Ones policy (uncertain = positive): a target the
+    pixels do not show would be label noise no model can learn.
     """
     rendered = []
     for f in findings:
-        if f.certainty == "uncertain":
-            if rng.random() < 0.5:
-                continue
-            strength = 0.5
-        else:
-            strength = 1.0
+        strength = 0.5 if f.certainty == "uncertain" else 1.0
         severity = f.severity
         if f.observation == "Lung Lesion":
             severity = float(np.clip((f.size_cm - 0.5) / 4.5, 0.0, 1.0))
@@ -377,7 +372,7 @@ def _plan(num_studies: int, seed: int) -> list[_Study]:
                     frontal=frontal,
                     lateral_code=("LATERAL" if index % 2 else "LL") if lateral else "",
                     report=report,
-                    rendered=_render_findings(findings, rng),
+                    rendered=_render_findings(findings),
                     anatomy=jitter_anatomy(patient.anatomy, rng) if k else patient.anatomy,
                 )
             )

@@ -453,13 +453,19 @@ def _ribs(
     dome_v: np.ndarray,
     side: np.ndarray,
 ) -> np.ndarray:
-    """Posterior and anterior rib bands over the thorax, with optional fractures."""
+    """Posterior and anterior rib bands over the thorax, with optional fractures.
+
+    A fracture breaks its rib (a lucent gap), offsets the lateral fragment, and carries a
+    fusiform callus (healing bone, denser than the rib) a few pixels wide at 128 px: a
+    fracture line alone is under a pixel at that resolution, invisible to any model.
+    """
     u, v = grid.u, grid.v
     a = np.abs(u)
     start = anatomy.lung_top - 0.03
     offset = -0.15 * a + anatomy.rib_curve * a * a
     phase = (v - offset - start) / anatomy.rib_spacing
     gap = np.ones_like(u)
+    callus = np.zeros_like(u)
     for f in findings:
         if f.observation != "Fracture":
             continue
@@ -477,6 +483,9 @@ def _ribs(
             step = 1.0 / (1.0 + np.exp(-np.clip(across, -30, 30)))
             phase[rs, cs] += 0.5 * f.strength * step * local
             gap[rs, cs] *= 1.0 - 0.95 * f.strength * np.exp(-((across / 3.5) ** 2)) * local
+            du, dv = lu * s - fa, lv - fv
+            blob = np.exp(-((du / 0.022) ** 2 + (dv / 0.013) ** 2) / 2.0)
+            callus[rs, cs] += 0.16 * f.strength * blob * (side[rs, cs] == s)
     posterior = 0.5 + 0.5 * np.cos(2 * np.pi * phase)
     posterior = np.clip((posterior - 0.45) / 0.35, 0.0, 1.0) * gap
     anterior_phase = (v + 0.45 * a - start - 0.05) / (anatomy.rib_spacing * 1.35)
@@ -487,7 +496,7 @@ def _ribs(
     lateral_fade = np.clip((anatomy.lung_lateral + 0.05 - a) / 0.05, 0.0, 1.0) * top_fade
     below_dome = np.clip((v - dome_v) / 0.08, 0.0, 1.0)
     bands = 0.12 * posterior + 0.04 * anterior * (a > 0.06)
-    return bands * cage * lateral_fade * (1.0 - below_dome)
+    return bands * cage * lateral_fade * (1.0 - below_dome) + callus * cage
 
 
 def _zone_center(
