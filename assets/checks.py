@@ -343,7 +343,7 @@ def _stage_check(asset: str, storage: StorageResource) -> dg.AssetCheckResult:
 
     from models.lm_data import iter_eval_batches, shard_paths_from_manifest
     from models.lm_train import evaluate_lm, load_lm_checkpoint
-    from pipelines.checkpoints import verify_checkpoint
+    from pipelines.checkpoints.publish import verify_checkpoint
 
     target = json.loads(storage.path(*paths.TRAINING_POINTERS[asset]).read_text())["path"]
     try:

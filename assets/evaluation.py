@@ -7,20 +7,25 @@ metric rows into DuckDB ``eval_results``, log an MLflow run nested under the che
 training run, and record lineage. Re-running a partition replaces its rows (idempotent).
 """
 
+import dataclasses
 import hashlib
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from assets import paths
 from cxr.previews import markdown_image, markdown_table
+from evaluation.data import DEFAULT_UNCERTAINTY_POLICY
 from evaluation.findings import FindingsConfig
+from evaluation.inpainting import InpaintingConfig
+from evaluation.report_generation import ReportGenerationConfig
 from evaluation.results import EvalRunInfo, MetricRow, rows_frame, upsert_results
+from evaluation.retrieval import RetrievalConfig
 from pipelines.lineage import content_hash_of, record_lineage
 from pipelines.partitions import checkpoints_partitions
 from pipelines.resources import MLflowResource, StorageResource
@@ -28,101 +33,156 @@ from pipelines.resources import MLflowResource, StorageResource
 EVAL_GROUP = "evaluation"
 
 
-class EvalConfig(dg.Config):
-    """What every benchmark shares: device, batch size, sample caps, seed, bootstrap."""
+@dataclass(frozen=True)
+class EvalRun:
+    """How an evaluation runs, whatever the task (what it measures is the task's core config).
 
-    device: str = Field(default="cpu", description="cpu, cuda, cuda:1 ...")
-    batch_size: int = Field(default=32, description="Sequences per forward pass")
-    max_test_rows: int = Field(
-        default=2000, description="TEST images used (a fixed hash-chosen subset beyond this)"
-    )
-    max_train_rows: int = Field(
-        default=5000, description="TRAIN images for probes / baselines (hash-chosen subset)"
-    )
-    n_boot: int = Field(default=500, description="Patient-bootstrap resamples for the 95% CIs")
-    seed: int = Field(default=0, description="Masking and bootstrap seed")
+    Attributes:
+        device: Where the model runs: cpu, cuda, cuda:1 ...
+        max_test_rows: TEST images used (a fixed hash-chosen subset beyond this).
+    """
+
+    device: str = "cpu"
+    max_test_rows: int = 2000
 
 
-class FindingsEvalConfig(EvalConfig):
-    """Findings AUROC under image-token masking (fields documented on ``FindingsConfig``)."""
+@dataclass(frozen=True)
+class FindingsRun(EvalRun):
+    """How the findings evaluation runs.
 
-    max_train_rows: int = Field(
-        default=FindingsConfig.max_train_images,
-        description="TRAIN images the probes are fitted on: a deterministic patient-level subset "
-        "beyond this, so the cost does not grow with TRAIN",
-    )
-    max_validate_rows: int = Field(
-        default=5000, description="VALIDATE images the layer is chosen on (hash-chosen subset)"
-    )
-    layer: float | None = Field(
-        default=None,
-        description="None: chosen on VALIDATE among candidate_layers (best macro AUROC without "
-        "masking). An index >= 1 or a depth fraction in (0, 1) fixes it instead",
-    )
-    candidate_layers: list[float] = Field(
-        default=[],
-        description="Layers to choose among (indices or depth fractions); empty: every layer "
-        "of a model of at most 12 blocks, else the 7-12-of-32 band of the depth",
-    )
-    mask_ratios: list[float] = Field(default=list(FindingsConfig.mask_ratios))
-    probe_c: float = Field(default=FindingsConfig.probe_c, description="Inverse L2 strength")
-    min_test_positives: int = Field(
-        default=FindingsConfig.min_test_positives,
-        description="Min positive AND negative PATIENTS (TEST, and VALIDATE for the layer) to "
-        "score an observation",
-    )
-    min_validate_positives: int | None = Field(
-        default=FindingsConfig.min_validate_positives,
-        description="The same floor on VALIDATE for the layer choice; None: min_test_positives",
-    )
-    pixel_grid: int = Field(
-        default=FindingsConfig.pixel_grid,
-        description="Blocks per side of the pixel_blocks ceiling baseline (block means of the "
-        "image tokenizer's reconstruction); 0: no such baseline",
-    )
-    uncertainty_policy: str = Field(
-        default="",
-        description="Target of an uncertain mention: u_ones, u_zeros or ignore; empty = the "
-        "policy finding_labels built its training targets with (u_ones if none is found)",
-    )
-    views: str = Field(
-        default=FindingsConfig.views, description="frontal (PA/AP only) or all images"
-    )
+    Attributes:
+        max_validate_rows: VALIDATE images the layer is chosen on (hash-chosen subset).
+    """
+
+    max_validate_rows: int = 5000
 
 
-class InpaintingEvalConfig(EvalConfig):
-    """One-pass inpainting of masked image tokens."""
+@dataclass(frozen=True)
+class InpaintingRun(EvalRun):
+    """How the inpainting evaluation runs.
 
-    mask_ratios: list[float] = Field(default=[0.2, 0.4, 0.6, 0.8])
-    patterns: list[str] = Field(default=["random", "block"], description="random and/or block")
+    Attributes:
+        max_train_rows: TRAIN images of the image-blind baseline (hash-chosen subset).
+    """
 
-
-class ReportGenerationEvalConfig(EvalConfig):
-    """Greedy report generation."""
-
-    min_new_tokens: int = Field(default=5)
-    max_new_tokens: int = Field(default=200)
-    green_model_path: str = Field(
-        default="", description="Local GREEN judge model directory; empty = GREEN skipped"
-    )
-    max_test_rows: int = Field(default=500, description="TEST images whose reports are generated")
+    max_train_rows: int = 5000
 
 
-class RetrievalEvalConfig(EvalConfig):
-    """Image <-> report retrieval by PMI likelihood."""
+@dataclass(frozen=True)
+class ReportGenerationRun(EvalRun):
+    """How the report-generation evaluation runs.
 
-    max_test_rows: int = Field(
-        default=200,
-        description="TEST images (and their studies' reports) ranked against each "
-        "other; cost grows with its square",
-    )
-    report_batch_size: int = Field(default=64, description="Candidate reports per forward pass")
-    prior: str = Field(
-        default="mean_image",
-        description="Report prior removed from log p(report | image): mean_image (mean over "
-        "TEST images; the same for every arm) or masked_image (all image tokens masked; only "
-        "in distribution for arms trained with masking)",
-    )
+    Attributes:
+        max_test_rows: TEST images whose reports are generated.
+        max_train_rows: TRAIN images of the nearest-report baselines (hash-chosen subset).
+    """
+
+    max_test_rows: int = 500
+    max_train_rows: int = 5000
+
+
+@dataclass(frozen=True)
+class RetrievalRun(EvalRun):
+    """How the retrieval evaluation runs.
+
+    Attributes:
+        max_test_rows: TEST images (and their studies' reports) ranked against each other;
+            cost grows with its square.
+    """
+
+    max_test_rows: int = 200
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One benchmark's settings: a run dataclass (asset level) and the task's core config.
+
+    Attributes:
+        name: Task name (``findings``, ...).
+        run: The asset-level dataclass (device, row caps).
+        core: The core config dataclass of ``evaluation/<task>.py``: it owns its fields'
+            defaults, docs and validation.
+        asset_set: Core fields the asset sets itself (from the checkpoint or another task).
+        renames: Core field -> launchpad name (names users already write).
+        unset: Launchpad field -> what unset means, where the asset resolves it itself.
+    """
+
+    name: str
+    run: type
+    core: type
+    asset_set: tuple[str, ...] = ()
+    renames: dict[str, str] = dataclasses.field(default_factory=dict)
+    unset: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def config_class(self, name: str, doc: str) -> type[dg.Config]:
+        """The launchpad config of the task's asset, generated from ``run`` and ``core``."""
+        from pipelines.config import config_class
+
+        return config_class(
+            name,
+            doc,
+            [self.run, self.core],
+            exclude=self.asset_set,
+            renames=self.renames,
+            unset=self.unset,
+        )
+
+    def run_settings(self, config: dg.Config) -> Any:
+        """The validated ``run`` dataclass of a run config."""
+        from pipelines.config import resolve, set_values
+
+        return resolve(self.run, set_values(config))
+
+    def core_settings(self, config: dg.Config, **fixed: Any) -> Any:
+        """The validated core config of a run config; ``fixed`` sets the ``asset_set`` fields."""
+        from pipelines.config import resolve, set_values
+
+        return resolve(self.core, set_values(config), self.renames, **fixed)
+
+    def settings(self, config: dg.Config, **fixed: Any) -> tuple[Any, Any]:
+        """``(run_settings, core_settings)``."""
+        return self.run_settings(config), self.core_settings(config, **fixed)
+
+    def recorded(self, run: Any, core: Any) -> dict[str, Any]:
+        """The resolved settings under their launchpad names (eval_results, MLflow, lineage)."""
+        values = {self.renames.get(k, k): v for k, v in dataclasses.asdict(core).items()}
+        return {**dataclasses.asdict(run), **values}
+
+
+FINDINGS = EvalTask(
+    "findings",
+    FindingsRun,
+    FindingsConfig,
+    renames={"max_train_images": "max_train_rows"},
+    unset={
+        "uncertainty_policy": "the policy finding_labels built its training targets with "
+        f"({DEFAULT_UNCERTAINTY_POLICY} if none is found)"
+    },
+)
+INPAINTING = EvalTask("inpainting", InpaintingRun, InpaintingConfig)
+# feature_layer: the layer findings_eval chose on VALIDATE
+REPORT_GENERATION = EvalTask(
+    "report_generation", ReportGenerationRun, ReportGenerationConfig, asset_set=("feature_layer",)
+)
+# max_text_tokens: the report tokens the checkpoint was trained with
+RETRIEVAL = EvalTask("retrieval", RetrievalRun, RetrievalConfig, asset_set=("max_text_tokens",))
+EVAL_TASKS = (FINDINGS, INPAINTING, REPORT_GENERATION, RETRIEVAL)
+
+FindingsEvalConfig = FINDINGS.config_class(
+    "FindingsEvalConfig", "Findings AUROC under image-token masking: FindingsRun + FindingsConfig."
+)
+InpaintingEvalConfig = INPAINTING.config_class(
+    "InpaintingEvalConfig",
+    "One-pass inpainting of masked image tokens: InpaintingRun + InpaintingConfig.",
+)
+ReportGenerationEvalConfig = REPORT_GENERATION.config_class(
+    "ReportGenerationEvalConfig",
+    "Greedy report generation: ReportGenerationRun + ReportGenerationConfig.",
+)
+RetrievalEvalConfig = RETRIEVAL.config_class(
+    "RetrievalEvalConfig",
+    "Image <-> report retrieval by PMI likelihood: RetrievalRun + RetrievalConfig.",
+)
 
 
 def _config_hash(config: dict[str, Any]) -> str:
@@ -137,16 +197,16 @@ def _mlflow_name(*parts: object) -> str:
 class EvalContext:
     """Everything a task needs for one partition: checkpoint, model, vocabulary, shards."""
 
-    def __init__(self, context: dg.AssetExecutionContext, config: EvalConfig, storage):
+    def __init__(self, context: dg.AssetExecutionContext, run: EvalRun, storage: StorageResource):
         from models.lm_data import shard_paths_from_manifest
         from models.vocabulary import Vocabulary
-        from pipelines.checkpoint_registry import find, open_manifest
+        from pipelines.checkpoints.registry import find, open_manifest
 
         self.key = context.partition_key
         self.ref = find(storage.root_path, self.key)
         self.manifest = open_manifest(self.ref)
         self.storage = storage
-        self.config = config
+        self.run = run
         self.vocab = Vocabulary.load(storage.path(*paths.VOCABULARY))
         checkpoint_vocab = Vocabulary.load(self.ref.path / "vocab.json")
         if checkpoint_vocab != self.vocab:
@@ -165,7 +225,7 @@ class EvalContext:
         if self._model is None:
             from models.lm_train import load_lm_checkpoint
 
-            self._model, _ = load_lm_checkpoint(self.ref.path, map_location=self.config.device)
+            self._model, _ = load_lm_checkpoint(self.ref.path, map_location=self.run.device)
         return self._model
 
     def split(self, name: str, max_rows: int, by_patient: bool = False):
@@ -184,34 +244,17 @@ class EvalContext:
         return self.storage.path("evaluation", self.key, task)
 
 
-def findings_config(config: FindingsEvalConfig, storage) -> FindingsConfig:
-    """The core findings settings from the Dagster config (policy resolved from the labels)."""
-    from evaluation.data import DEFAULT_UNCERTAINTY_POLICY, policy_of_labels
+def findings_settings(config: dg.Config, storage) -> tuple[FindingsRun, FindingsConfig]:
+    """The findings settings of a run config; an unset policy is read from the labels."""
+    from evaluation.data import policy_of_labels
 
-    policy = config.uncertainty_policy
-    if not policy:
+    fixed = {}
+    if not config.uncertainty_policy:  # unset ("" too: the old default users may have copied)
         labels = storage.path(*paths.FINDING_LABELS)
-        policy = (policy_of_labels(labels) if labels.is_file() else None) or (
-            DEFAULT_UNCERTAINTY_POLICY
-        )
-    layer = config.layer
-    if layer is not None and not 0 < layer < 1:
-        layer = int(layer)
-    return FindingsConfig(
-        layer=layer,
-        candidate_layers=tuple(c if 0 < c < 1 else int(c) for c in config.candidate_layers),
-        mask_ratios=tuple(config.mask_ratios),
-        probe_c=config.probe_c,
-        min_test_positives=config.min_test_positives,
-        min_validate_positives=config.min_validate_positives,
-        pixel_grid=config.pixel_grid,
-        uncertainty_policy=policy,
-        views=config.views,
-        max_train_images=config.max_train_rows,
-        n_boot=config.n_boot,
-        batch_size=config.batch_size,
-        seed=config.seed,
-    )
+        fixed["uncertainty_policy"] = (
+            policy_of_labels(labels) if labels.is_file() else None
+        ) or DEFAULT_UNCERTAINTY_POLICY
+    return FINDINGS.settings(config, **fixed)
 
 
 def _selection_path(ec: "EvalContext") -> Path:
@@ -253,7 +296,7 @@ def chosen_layer(ec: "EvalContext", storage) -> tuple[int, str]:
     """
     from evaluation.findings import LayerSelection, select_layer
 
-    core = findings_config(FindingsEvalConfig(), storage)
+    run, core = findings_settings(FindingsEvalConfig(), storage)
     path = _selection_path(ec)
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -263,7 +306,7 @@ def chosen_layer(ec: "EvalContext", storage) -> tuple[int, str]:
     from evaluation.findings import prepare_rows
 
     train = prepare_rows(ec.split("train", core.max_train_images, by_patient=True), core, True)
-    validate = prepare_rows(ec.split("validate", FindingsEvalConfig().max_validate_rows), core)
+    validate = prepare_rows(ec.split("validate", run.max_validate_rows), core)
     selection, _ = select_layer(ec.model, ec.vocab, train, validate, core)
     return selection.layer, f"chosen here on VALIDATE ({selection.status})"
 
@@ -272,6 +315,7 @@ def finish(
     context: dg.AssetExecutionContext,
     ec: EvalContext,
     task: str,
+    settings: dict[str, Any],
     rows: list[MetricRow],
     samples,
     mlflow_tracking: MLflowResource,
@@ -279,7 +323,10 @@ def finish(
     previews: dict[str, bytes] | None = None,
     extra_metadata: dict[str, Any] | None = None,
 ) -> dg.MaterializeResult:
-    """Persist one task's outputs: samples, eval_results, MLflow, lineage; build metadata."""
+    """Persist one task's outputs: samples, eval_results, MLflow, lineage; build metadata.
+
+    ``settings`` are the task's resolved settings (``EvalTask.recorded``), kept with the results.
+    """
     import mlflow
 
     from cxr.lineage import git_code_version
@@ -291,7 +338,7 @@ def finish(
     for name, png in (previews or {}).items():
         if png:
             write_bytes(png, out / f"{name}.png")
-    config = ec.config.model_dump()
+    config = settings
     config_hash = _config_hash(config)
     code_version = git_code_version()
     train_run = ec.manifest.get("mlflow_run_id")
@@ -438,22 +485,22 @@ def findings_eval(
     def run() -> dg.MaterializeResult:
         from evaluation.findings import run_findings
 
-        ec = EvalContext(context, config, storage)
-        core = findings_config(config, storage)
-        train = ec.split("train", config.max_train_rows, by_patient=True)
+        run, core = findings_settings(config, storage)
+        ec = EvalContext(context, run, storage)
+        train = ec.split("train", core.max_train_images, by_patient=True)
         validate = None  # needed only to choose the layer
         if core.layer is None:
-            validate = ec.split("validate", config.max_validate_rows)
-        test = ec.split("test", config.max_test_rows)
+            validate = ec.split("validate", run.max_validate_rows)
+        test = ec.split("test", run.max_test_rows)
         decode = None
         if core.pixel_grid > 0:
             from evaluation.inpainting import decode_uint8
             from models.vq_tokenizer import load_checkpoint
 
-            vq = load_checkpoint(storage.path(*paths.IMAGE_TOKENIZER_DIR), config.device).eval()
+            vq = load_checkpoint(storage.path(*paths.IMAGE_TOKENIZER_DIR), run.device).eval()
 
             def decode(codes):
-                return decode_uint8(vq, codes, config.batch_size).numpy()
+                return decode_uint8(vq, codes, core.batch_size).numpy()
 
         result = run_findings(
             ec.model, ec.vocab, train, test, core, validate=validate, decode=decode
@@ -478,6 +525,7 @@ def findings_eval(
             context,
             ec,
             "findings",
+            FINDINGS.recorded(run, core),
             result.rows,
             result.samples,
             mlflow_tracking,
@@ -532,18 +580,19 @@ def inpainting_eval(
 
     def run() -> dg.MaterializeResult:
         from evaluation.data import load_pixels
-        from evaluation.inpainting import InpaintingConfig, positionwise_mode, run_inpainting
+        from evaluation.inpainting import positionwise_mode, run_inpainting
         from models.vq_tokenizer import load_checkpoint
 
-        ec = EvalContext(context, config, storage)
-        train = ec.split("train", config.max_train_rows)
-        test = ec.split("test", config.max_test_rows)
+        run, core = INPAINTING.settings(config)
+        ec = EvalContext(context, run, storage)
+        train = ec.split("train", run.max_train_rows)
+        test = ec.split("test", run.max_test_rows)
         images_dir = storage.path(*paths.IMAGES_DIR)
         image_manifest = json.loads((images_dir / "_manifest.json").read_text())
         pixels = load_pixels(
             [images_dir / s["path"] for s in image_manifest["shards"]], test.image_ids
         )
-        vq = load_checkpoint(storage.path(*paths.IMAGE_TOKENIZER_DIR), config.device).eval()
+        vq = load_checkpoint(storage.path(*paths.IMAGE_TOKENIZER_DIR), run.device).eval()
         result = run_inpainting(
             ec.model,
             vq,
@@ -551,18 +600,13 @@ def inpainting_eval(
             test,
             pixels,
             positionwise_mode(train.codes, ec.vocab.codebook_size),
-            InpaintingConfig(
-                mask_ratios=tuple(config.mask_ratios),
-                patterns=tuple(config.patterns),
-                n_boot=config.n_boot,
-                batch_size=config.batch_size,
-                seed=config.seed,
-            ),
+            core,
         )
         return finish(
             context,
             ec,
             "inpainting",
+            INPAINTING.recorded(run, core),
             result.rows,
             result.samples,
             mlflow_tracking,
@@ -598,14 +642,16 @@ def report_generation_eval(
     """Generated reports and their scores for one checkpoint."""
 
     def run() -> dg.MaterializeResult:
-        from evaluation.report_generation import ReportGenerationConfig, run_report_generation
+        from evaluation.report_generation import run_report_generation
         from models.text_tokenizer import load_tokenizer
 
-        ec = EvalContext(context, config, storage)
-        train = ec.split("train", config.max_train_rows)
-        test = ec.split("test", config.max_test_rows)
+        run = REPORT_GENERATION.run_settings(config)
+        ec = EvalContext(context, run, storage)
+        train = ec.split("train", run.max_train_rows)
+        test = ec.split("test", run.max_test_rows)
         tokenizer = load_tokenizer(storage.path(*paths.TEXT_TOKENIZER_DIR))
         layer, layer_source = chosen_layer(ec, storage)
+        core = REPORT_GENERATION.core_settings(config, feature_layer=layer)
 
         def decode(ids: list[int]) -> str:
             return tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -616,15 +662,7 @@ def report_generation_eval(
             decode,
             train,
             test,
-            ReportGenerationConfig(
-                min_new_tokens=config.min_new_tokens,
-                max_new_tokens=config.max_new_tokens,
-                batch_size=config.batch_size,
-                n_boot=config.n_boot,
-                seed=config.seed,
-                green_model_path=config.green_model_path,
-                feature_layer=layer,
-            ),
+            core,
         )
         examples = result.samples.filter(result.samples["method"] == "model").head(3)
         table = markdown_table(
@@ -638,6 +676,7 @@ def report_generation_eval(
             context,
             ec,
             "report_generation",
+            REPORT_GENERATION.recorded(run, core),
             result.rows,
             result.samples,
             mlflow_tracking,
@@ -669,26 +708,18 @@ def retrieval_eval(
     """Retrieval recall for one checkpoint."""
 
     def run() -> dg.MaterializeResult:
-        from evaluation.retrieval import RetrievalConfig, run_retrieval
+        from evaluation.retrieval import run_retrieval
 
-        ec = EvalContext(context, config, storage)
-        test = ec.split("test", config.max_test_rows)
-        result = run_retrieval(
-            ec.model,
-            ec.vocab,
-            test,
-            RetrievalConfig(
-                max_text_tokens=ec.max_text_tokens,
-                report_batch_size=config.report_batch_size,
-                prior=config.prior,
-                n_boot=config.n_boot,
-                seed=config.seed,
-            ),
-        )
+        run = RETRIEVAL.run_settings(config)
+        ec = EvalContext(context, run, storage)
+        core = RETRIEVAL.core_settings(config, max_text_tokens=ec.max_text_tokens)
+        test = ec.split("test", run.max_test_rows)
+        result = run_retrieval(ec.model, ec.vocab, test, core)
         return finish(
             context,
             ec,
             "retrieval",
+            RETRIEVAL.recorded(run, core),
             result.rows,
             result.samples,
             mlflow_tracking,

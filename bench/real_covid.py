@@ -240,10 +240,15 @@ def run_pipeline(
         "vocabulary": ("vocab_size", "sha256"),
         "token_shards": ("num_rows", "rows", "num_shards"),
     }
+    # by asset key, not by step: the cxr_images step also materializes ingest_quarantine
+    latest = {
+        e.asset_key.to_user_string(): e.materialization
+        for e in result.get_asset_materialization_events()
+    }
     metadata: dict[str, Any] = {}
     for asset in DATA_ASSETS:
-        events = result.asset_materializations_for_node(asset)
-        values = {k: v.value for k, v in events[-1].metadata.items()} if events else {}
+        event = latest.get(asset)
+        values = {k: v.value for k, v in event.metadata.items()} if event else {}
         wanted = keep.get(asset)
         metadata[asset] = {
             k: v
@@ -324,7 +329,7 @@ ARMS = ("stage1", "stage2", "stage1-continued")
 
 def published_checkpoint(demo_storage: Path, arm: str) -> tuple[Path, dict[str, Any]] | None:
     """The newest published checkpoint of an arm, re-hashed against its manifest."""
-    from pipelines.checkpoints import verify_checkpoint
+    from pipelines.checkpoints.publish import verify_checkpoint
 
     folders = sorted(
         p.parent for p in (demo_storage / "checkpoints" / arm).glob("*/checkpoint.json")

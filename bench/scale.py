@@ -12,7 +12,8 @@ the data assets::
     source_manifest studies cxr_images ingest_quarantine report_sections finding_labels splits
     text_tokenizer image_tokenizer vocabulary token_shards
 
-(not training, not evaluation), with the asset checks the CLI runs along with them. Settings are
+(not training, not evaluation; ``cxr_images`` and ``ingest_quarantine`` are one step), with the
+asset checks the CLI runs along with them. Settings are
 the defaults (Ray ON for ``cxr_images`` and ``token_shards``: a local Ray started by each step)
 except: the multiprocess executor runs one step at a time (``max_concurrent: 1``, so every step
 is measured alone), the image tokenizer uses the ``debug`` preset for ``--vq-steps`` steps (the
@@ -63,6 +64,7 @@ import psutil
 
 from bench.common import (
     DATA_ASSETS,
+    DATA_STEPS,
     ProcessTreeSampler,
     load_average,
     machine_info,
@@ -81,8 +83,9 @@ MB = 1024 * 1024
 STAGE_PARALLELISM: dict[str, str | int] = {
     "source_manifest": 4,  # ThreadPoolExecutor(num_threads=4): sha256 + header reads
     "studies": 1,  # DuckDB join + per-row Python batches
-    "cxr_images": "ray",  # Ray Data map, one task per image shard, num_cpus=1
-    "ingest_quarantine": "node",  # DuckDB COPY
+    # Ray Data map, one task per image shard, num_cpus=1; then, in the same step, the
+    # ingest_quarantine table (DuckDB COPY)
+    "cxr_images": "ray",
     "report_sections": 1,  # Python section parser, one process
     "finding_labels": 1,  # Python rule labeler, one process
     "splits": 1,  # DuckDB group-by + Python hash per study
@@ -93,7 +96,7 @@ STAGE_PARALLELISM: dict[str, str | int] = {
 }
 CHECK_PARALLELISM: str | int = "node"  # asset checks: DuckDB queries
 #: Steps whose work grows with the data (image_tokenizer: fixed VQ steps; vocabulary: constant).
-DATA_PATH = [a for a in DATA_ASSETS if a not in ("image_tokenizer", "vocabulary")]
+DATA_PATH = [s for s in DATA_STEPS if s not in ("image_tokenizer", "vocabulary")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +339,7 @@ def run_size(args: argparse.Namespace, factor: int, work: Path) -> dict[str, Any
         step_rows.append(
             {
                 "step": step["step"],
-                "kind": "asset" if step["step"] in DATA_ASSETS else "check",
+                "kind": "asset" if step["step"] in DATA_STEPS else "check",
                 "status": step.get("status", "unknown"),
                 "step_s": step_s,
                 "process_s": until - begin,

@@ -1,4 +1,4 @@
-"""Benchmark the LM training loop bare and wrapped in Ray Train (``pipelines.ray_training``).
+"""Benchmark the LM training loop bare and wrapped in Ray Train (``pipelines.on_ray.lm_training``).
 
 Usage::
 
@@ -13,7 +13,7 @@ two shards of 64-row row groups) and a ``Vocabulary``; every sequence has the sa
 
 * bare: one process, the model built with ``torch.manual_seed(seed)`` exactly as the Ray worker
   builds it, ``models.lm_train.train_lm`` on ``TokenShardBatches`` (no checkpoints);
-* ray 1 worker: ``pipelines.ray_training.fit_with_ray`` with the same shards, vocabulary and
+* ray 1 worker: ``pipelines.on_ray.lm_training.fit_with_ray`` with the same shards, vocabulary and
   ``LMTrainConfig`` (checkpoint only at the end), a fresh storage folder and run name;
 
 and finally ``--ddp-workers`` workers (DDP, gloo on CPU) once (0 skips it; on CPU the workers
@@ -456,11 +456,11 @@ def ensure_ray(max_workers: int) -> tuple[dict[str, float], bool]:
     import ray
     import ray.train.torch  # what fit_with_ray imports first
 
-    from pipelines import ray_training
+    from pipelines.on_ray.startup import ensure_ray
 
     imported = time.perf_counter()
     already = ray.is_initialized()
-    ray_training._ensure_ray(max_workers)
+    ensure_ray(min_cpus=max_workers)
     timings = {
         "ray_import_s": imported - start,
         "ray_init_s": 0.0 if already else time.perf_counter() - imported,
@@ -486,7 +486,7 @@ def run_ray(
     ``checkpoint=False`` skips the final checkpoint (``radphi2``: 34 GB of weights and AdamW
     state, written twice while Ray uploads it).
     """
-    from pipelines.ray_training import fit_with_ray
+    from pipelines.on_ray.lm_training import fit_with_ray
 
     config = {
         "shard_paths": [str(p) for p in shards],

@@ -290,7 +290,7 @@ def _check_ray() -> list[Finding]:
     ray = SimpleNamespace(__version__=importlib.metadata.version("ray"))
     address = os.environ.get("RAY_ADDRESS", "")
     if not address:
-        from pipelines.ray_auth import local_token_path
+        from pipelines.on_ray.auth import local_token_path
 
         mode = os.environ.get("RAY_AUTH_MODE", "token")
         auth = f"token auth ({local_token_path()})" if mode == "token" else f"auth {mode}"

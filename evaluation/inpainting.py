@@ -47,7 +47,7 @@ class InpaintingConfig:
     mask_ratios: Sequence[float] = (0.2, 0.4, 0.6, 0.8)
     patterns: Sequence[str] = ("random", "block")
     n_boot: int = 500
-    batch_size: int = 16
+    batch_size: int = 32
     seed: int = 0
     example_images: int = 4
 

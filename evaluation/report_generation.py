@@ -52,7 +52,7 @@ class ReportGenerationConfig:
 
     min_new_tokens: int = 5
     max_new_tokens: int = 200
-    batch_size: int = 16
+    batch_size: int = 32
     n_boot: int = 500
     seed: int = 0
     green_model_path: str = ""

@@ -1,7 +1,7 @@
 """Single-process training loop of the early-fusion LM (CheXmix stages 1 and 2).
 
 ``train_lm`` is a plain function of (model, data factory, config): no framework. A distributed
-runner (``pipelines.ray_training``) wraps the model in DDP/FSDP, gives every worker its own
+runner (``pipelines.on_ray.lm_training``) wraps the model in DDP/FSDP, gives every worker its own
 data factory and calls the same function; the loop notices an initialised
 ``torch.distributed`` process group and then (a) gathers every rank's data position and RNG
 states into rank 0's checkpoint, (b) averages logged metrics over ranks. Every rank must call
@@ -23,8 +23,9 @@ Checkpoints (``checkpoint_dir/step_000500/``): ``model/`` (``config.json`` +
 ``model.safetensors``, loadable by ``PhiForCausalLM.from_pretrained``), ``training_state.pt``
 (optimizer, scheduler, every rank's data position and torch / numpy / python (/ CUDA) RNG
 states), ``vocab.json``, ``meta.json`` (step, configs, last metrics) and ``COMPLETE``. They are
-written to a temporary folder, ``COMPLETE`` last, then renamed into place, so a crash never
-leaves a folder that ``latest_complete_checkpoint`` would pick. Resuming restores everything:
+written to a hidden temporary folder, ``COMPLETE`` last, and published by
+``cxr.storage.atomic_dir`` (fsync, then one atomic swap), so a crash never leaves a folder that
+``latest_complete_checkpoint`` would pick. Resuming restores everything:
 an interrupted run ends with the same number of optimizer steps and, single-process on CPU,
 bit-identical weights to an uninterrupted one.
 """
@@ -35,11 +36,9 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxr.storage import atomic_dir
 from models.early_fusion import unwrap_model
 from models.lm_data import IGNORE_INDEX, BatchFactory, DataPosition, apply_stage2_masking
 from models.schedule import warmup_cosine
@@ -454,15 +454,6 @@ def _resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_checkpoint(
     directory: Path,
     step: int,
@@ -472,16 +463,13 @@ def _write_checkpoint(
     vocab: Vocabulary,
     meta: dict[str, Any],
 ) -> Path:
-    """Write ``directory/step_NNNNNN`` atomically (temp folder, ``COMPLETE`` last, rename)."""
+    """Write ``directory/step_NNNNNN`` atomically (``atomic_dir``; ``COMPLETE`` written last)."""
     from safetensors.torch import save_file
 
     final = directory / f"{STEP_DIR_PREFIX}{step:06d}"
     if (final / COMPLETE_MARKER).is_file():
         return final
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(final) as tmp:  # hidden temp folder, fsynced, then swapped into place
         (tmp / "model").mkdir()
         tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
         save_file(tensors, tmp / "model" / "model.safetensors", metadata={"format": "pt"})
@@ -489,18 +477,7 @@ def _write_checkpoint(
         torch.save(training_state, tmp / "training_state.pt")
         vocab.save(tmp / "vocab.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        with open(tmp / COMPLETE_MARKER, "w") as handle:
-            handle.write(f"{step}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / COMPLETE_MARKER).write_text(f"{step}\n")
     return final
 
 

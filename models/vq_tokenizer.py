@@ -26,10 +26,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -809,15 +806,6 @@ class VQTokenizer(nn.Module):
 # Checkpoints
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _config_json(config: VQConfig) -> bytes:
     doc = {
         "format": _CHECKPOINT_FORMAT,
@@ -827,12 +815,32 @@ def _config_json(config: VQConfig) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def save_checkpoint(model: VQTokenizer, path_dir: str | Path) -> Path:
-    """Writes ``model.safetensors`` + ``config.json`` into ``path_dir``.
+def write_checkpoint_files(model: VQTokenizer, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into the existing, private ``folder``.
 
-    Files are written to a temporary sibling directory first; a new ``path_dir`` appears by one
-    atomic rename, an existing one has its files replaced one by one with ``os.replace`` (weights
-    first, config last), so readers never see a half-written file.
+    For a folder nobody reads yet (an ``atomic_dir`` staging folder, a Ray Train checkpoint
+    folder); ``save_checkpoint`` publishes a folder atomically.
+
+    Returns:
+        ``folder`` as a Path.
+    """
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    (folder / CHECKPOINT_WEIGHTS_FILE).write_bytes(
+        save(state, metadata={"format": _CHECKPOINT_FORMAT})
+    )
+    (folder / CHECKPOINT_CONFIG_FILE).write_bytes(_config_json(model.config))
+    return folder
+
+
+def save_checkpoint(model: VQTokenizer, path_dir: str | Path) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` as the folder ``path_dir``, atomically.
+
+    Through ``cxr.storage.atomic_dir``: the files go to a hidden sibling folder, are fsynced and
+    the folder is swapped into place, so readers see the complete old checkpoint or the complete
+    new one, never a mix (an existing ``path_dir`` is replaced as a whole).
 
     Args:
         model: The tokenizer.
@@ -841,28 +849,11 @@ def save_checkpoint(model: VQTokenizer, path_dir: str | Path) -> Path:
     Returns:
         ``path_dir`` as a Path.
     """
-    from safetensors.torch import save
+    from cxr.storage import atomic_dir
 
     path_dir = Path(path_dir)
-    path_dir.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    weights = save(state, metadata={"format": _CHECKPOINT_FORMAT})
-    tmp = path_dir.parent / f".{path_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        _atomic_write_bytes(tmp / CHECKPOINT_WEIGHTS_FILE, weights)
-        _atomic_write_bytes(tmp / CHECKPOINT_CONFIG_FILE, _config_json(model.config))
-        if not path_dir.exists():
-            try:
-                os.rename(tmp, path_dir)
-                return path_dir
-            except OSError:
-                path_dir.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT_WEIGHTS_FILE, CHECKPOINT_CONFIG_FILE):
-            os.replace(tmp / name, path_dir / name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(path_dir) as tmp:
+        write_checkpoint_files(model, tmp)
     return path_dir
 
 

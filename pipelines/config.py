@@ -1,11 +1,12 @@
 """Dagster run config generated from the core dataclasses, so each setting is declared once.
 
-The core dataclass (e.g. ``models.lm_train.LMTrainConfig``) owns every field's name, type,
-default, documentation (its docstring's ``Attributes:`` section) and validation
-(``__post_init__``). :func:`config_class` turns one or more of them into a ``dg.Config`` whose
-fields are all optional: a field left unset takes the value of the selected preset (a named
-bundle of overrides), else the core default. :func:`resolve` builds the core object from a
-run config, so what users type is validated by the same code that the library uses.
+The core dataclass (e.g. ``models.train_config.LMTrainConfig``, ``evaluation.findings.
+FindingsConfig``) owns every field's name, type, default, documentation (its docstring's
+``Attributes:`` section) and validation (``__post_init__``). :func:`config_class` turns one or
+more of them into a ``dg.Config`` whose fields are all optional: a field left unset takes the
+value of the selected preset (a named bundle of overrides) when there are presets, else the core
+default. :func:`resolve` builds the core object from a run config, so what users type is
+validated by the same code that the library uses.
 """
 
 from __future__ import annotations
@@ -20,14 +21,25 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, create_model
 
-__all__ = ["config_class", "field_docs", "resolve", "resolve_preset"]
+__all__ = ["config_class", "field_docs", "resolve", "resolve_preset", "set_values"]
 
 _ATTRIBUTE = re.compile(r"^(\s+)(\w+)(?: \([^)]*\))?: ?(.*)$")
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field descriptions from the Google-style ``Attributes:`` section of ``cls``'s docstring."""
-    lines = (cls.__doc__ or "").splitlines()
+    """Field descriptions from the Google-style ``Attributes:`` sections of ``cls``'s docstring.
+
+    A dataclass subclass documents its own fields (or new defaults) and inherits the rest from
+    its bases' docstrings.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    lines = (cls.__dict__.get("__doc__") or "").splitlines()
     docs: dict[str, str] = {}
     inside, indent, current = False, None, None
     for line in lines:
@@ -60,6 +72,8 @@ def _dagster_type(annotation: Any) -> Any:
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
             return _dagster_type(rest[0])
+        if set(rest) == {int, float}:  # an index or a fraction: typed as a float
+            return float
         raise TypeError(f"unsupported union {annotation!r}")
     if origin in (tuple, list, Sequence):
         inner = {a for a in args if a is not Ellipsis}
@@ -83,9 +97,11 @@ def config_class(
     name: str,
     doc: str,
     sources: Sequence[type],
-    presets: Mapping[str, Mapping[str, Any]],
-    default_preset: str,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+    default_preset: str | None = None,
     exclude: Sequence[str] = (),
+    renames: Mapping[str, str] | None = None,
+    unset: Mapping[str, str] | None = None,
 ) -> type[dg.Config]:
     """A ``dg.Config`` with one optional field per field of the ``sources`` dataclasses.
 
@@ -93,17 +109,24 @@ def config_class(
         name: Class name (shown in the launchpad's schema).
         doc: Class docstring.
         sources: Core dataclasses; their fields must not clash.
-        presets: Preset name -> field overrides (of any source).
-        default_preset: The preset a run gets when it names none.
+        presets: Preset name -> field overrides (of any source); None: no presets (and no
+            ``preset`` field), an unset field takes the core default.
+        default_preset: The preset a run gets when it names none (required with presets).
         exclude: Fields the asset sets itself (not user config).
+        renames: Core field name -> the config's name for it (a name users already write).
+        unset: Config field name -> what an unset value means, for fields the asset resolves
+            itself (replaces the generated "the default ..." text).
 
     Returns:
-        The config class, with a ``preset`` field and every other field defaulting to None.
+        The config class: every field defaults to None (unset), plus ``preset`` with presets.
     """
-    if default_preset not in presets:
-        raise ValueError(f"default preset {default_preset!r} is not one of {sorted(presets)}")
-    fields: dict[str, Any] = {
-        "preset": (
+    renames = dict(renames or {})
+    unset = dict(unset or {})
+    fields: dict[str, Any] = {}
+    if presets is not None:
+        if default_preset not in presets:
+            raise ValueError(f"default preset {default_preset!r} is not one of {sorted(presets)}")
+        fields["preset"] = (
             str,
             Field(
                 default=default_preset,
@@ -111,7 +134,6 @@ def config_class(
                 + ", ".join(sorted(presets)),
             ),
         )
-    }
     known: set[str] = set()
     for source in sources:
         hints = typing.get_type_hints(source)
@@ -119,20 +141,24 @@ def config_class(
         for field in dataclasses.fields(source):
             if field.name in exclude:
                 continue
-            if field.name in known or field.name == "preset":
-                raise ValueError(f"field {field.name!r} is declared twice")
-            known.add(field.name)
-            by_preset = [f"{p}: {v[field.name]!r}" for p, v in presets.items() if field.name in v]
+            key = renames.get(field.name, field.name)
+            if key in known or key == "preset":
+                raise ValueError(f"field {key!r} is declared twice")
+            known.add(key)
+            by_preset = [f"{p}: {v[key]!r}" for p, v in (presets or {}).items() if key in v]
             default = _default(field)
-            fallback = f"the default {default!r}"
+            fallback = unset.get(key, f"the default {default!r}")
             if by_preset:
                 fallback = f"the preset's value ({'; '.join(by_preset)}), else {fallback}"
             text = f"{docs.get(field.name, '')} Unset: {fallback}."
-            fields[field.name] = (
+            fields[key] = (
                 _dagster_type(hints[field.name]) | None,
                 Field(default=None, description=text.strip()),
             )
-    unknown = {k for values in presets.values() for k in values} - known
+    for mapping, what in ((renames.values(), "renames"), (unset, "unset")):
+        if set(mapping) - known:
+            raise ValueError(f"{what} name unknown fields {sorted(set(mapping) - known)}")
+    unknown = {k for values in (presets or {}).values() for k in values} - known
     if unknown:
         raise ValueError(f"presets set unknown fields {sorted(unknown)}")
     model = create_model(name, __base__=dg.Config, __doc__=doc, **fields)
@@ -140,24 +166,49 @@ def config_class(
     return model
 
 
+def set_values(config: dg.Config) -> dict[str, Any]:
+    """The fields a run config sets (unset = None fields omitted; ``preset`` left out)."""
+    return {k: v for k, v in config.model_dump().items() if k != "preset" and v is not None}
+
+
 def resolve_preset(config: dg.Config, presets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The preset's overrides with the run config's set fields on top (unset fields omitted)."""
     preset = config.preset
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(presets)}")
-    values = dict(presets[preset])
-    for key, value in config.model_dump().items():
-        if key != "preset" and value is not None:
-            values[key] = value
-    return values
+    return {**presets[preset], **set_values(config)}
 
 
-def resolve(cls: type, values: Mapping[str, Any], **fixed: Any) -> Any:
+def resolve(
+    cls: type, values: Mapping[str, Any], renames: Mapping[str, str] | None = None, **fixed: Any
+) -> Any:
     """``cls(**fields)`` from resolved ``values`` (keys of other dataclasses ignored) + ``fixed``.
 
-    Fields in neither keep their core default; the core validates the result.
+    ``renames`` (core name -> config name) is the one given to :func:`config_class`. Values come
+    back in the core's types: a list for a tuple or ``Sequence`` field becomes a tuple, and a
+    whole float for an ``int | float`` field (an index or a fraction) becomes an int. Fields in
+    neither keep their core default; the core validates the result.
     """
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in values.items() if k in names}
+    renames = renames or {}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        key = renames.get(field.name, field.name)
+        if key in values:
+            kwargs[field.name] = _core_value(hints[field.name], values[key])
     kwargs.update(fixed)
     return cls(**kwargs)
+
+
+def _core_value(annotation: Any, value: Any) -> Any:
+    """``value`` as typed by the run config, converted back to the core's annotation."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _core_value(args[0], value)
+    if origin in (typing.Union, types.UnionType) and set(args) == {int, float}:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+    if origin in (tuple, Sequence) and isinstance(value, list):
+        inner = [a for a in args if a is not Ellipsis]
+        return tuple(_core_value(inner[0], v) for v in value) if len(inner) == 1 else tuple(value)
+    return value

@@ -25,7 +25,7 @@ from typing import Any
 import dagster as dg
 from tqdm import tqdm
 
-from pipelines.checkpoint_registry import discover, register
+from pipelines.checkpoints.registry import discover, register
 from pipelines.instance import dagster_instance
 from pipelines.partitions import checkpoints_partitions, evaluated_partitions
 from pipelines.resources import StorageResource

@@ -59,7 +59,7 @@ def register_checkpoint(
     context: dg.OpExecutionContext, config: RegisterCheckpointConfig, storage: StorageResource
 ) -> None:
     """Register ``config.path`` under the storage root's checkpoint registry."""
-    from pipelines.checkpoint_registry import register
+    from pipelines.checkpoints.registry import register
 
     ref = register(storage.root_path, Path(config.path), config.key or None)
     context.log.info(f"registered {ref.key} -> {ref.path}; the checkpoint sensor evaluates it")

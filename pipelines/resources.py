@@ -12,7 +12,6 @@ environment variable, then to a local default, resolved when a run starts (not a
 | ``RayResource.address`` | ``RAY_ADDRESS`` | a local Ray started on demand |
 """
 
-import logging
 import os
 from pathlib import Path
 
@@ -110,32 +109,19 @@ class PrivacyResource(dg.ConfigurableResource):
 
 
 class RayResource(dg.ConfigurableResource):
-    """Ray: a cluster at ``address``/``$RAY_ADDRESS`` (token auth), else a quiet local instance."""
+    """Ray: a cluster at ``address``/``$RAY_ADDRESS`` (token auth), else a quiet local instance.
+
+    Started by ``pipelines.on_ray.startup.ensure_ray``, the project's one way to start Ray.
+    """
 
     address: str = Field(default="", description="Ray address; empty = $RAY_ADDRESS or local")
     num_cpus: int = Field(default=0, description="CPUs of a local Ray; 0 = all of this machine")
 
-    def ensure_started(self) -> None:
-        """Connect to (or start) Ray once per process."""
-        import ray
+    def ensure_started(self, min_cpus: int = 1) -> None:
+        """Connect to (or start) Ray once per process; a local Ray gets >= ``min_cpus`` CPUs."""
+        from pipelines.on_ray.startup import ensure_ray
 
-        if ray.is_initialized():
-            return
-        from pipelines.ray_auth import prepare_ray_auth
-
-        address = self.address or os.environ.get("RAY_ADDRESS", "")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        prepare_ray_auth(address)  # a cluster: token auth; the loopback local Ray: disabled
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            ray.init(
-                num_cpus=self.num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-                _node_ip_address="127.0.0.1",
-            )
+        ensure_ray(self.address or None, num_cpus=self.num_cpus, min_cpus=min_cpus)
 
 
 #: Tracking-URI schemes of a database store used without a tracking server.

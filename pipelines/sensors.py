@@ -27,7 +27,7 @@ def checkpoint_sensor(
     context: dg.SensorEvaluationContext, storage: StorageResource
 ) -> dg.SensorResult:
     """Discover checkpoints; add partitions; request evaluation of new or changed ones."""
-    from pipelines.checkpoint_registry import discover
+    from pipelines.checkpoints.registry import discover
 
     seen = json.loads(context.cursor) if context.cursor else {}
     refs = discover(storage.root_path)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import random
 import shutil
@@ -63,7 +62,8 @@ from typing import Any
 
 import psutil
 
-from pipelines.ray_auth import TOKEN, TOKEN_PATH, cluster_auth_env, prepare_ray_auth
+from pipelines.on_ray.auth import TOKEN, TOKEN_PATH, cluster_auth_env
+from pipelines.on_ray.startup import ensure_ray
 
 STATE_NAME = "cluster.json"
 LOOPBACK = "127.0.0.1"
@@ -379,13 +379,8 @@ def wait_for_nodes(
     deadline = time.monotonic() + timeout_s
     wait_for_gcs(address, leaders, timeout_s)
     ours: list[dict[str, Any]] = []
-    prepare_ray_auth(address)
-    ray.init(
-        address=address,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        namespace="chexmix-cluster-probe",
-    )
+    if not ensure_ray(address, namespace="chexmix-cluster-probe"):
+        raise ClusterError("this process is already connected to Ray; call ray.shutdown() first")
     try:
         while time.monotonic() < deadline:
             _check_leaders(leaders)

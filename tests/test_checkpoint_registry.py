@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.checkpoint_registry import discover, find, open_manifest, register
-from pipelines.checkpoints import publish_checkpoint
+from pipelines.checkpoints.publish import publish_checkpoint
+from pipelines.checkpoints.registry import discover, find, open_manifest, register
 from pipelines.jobs import register_checkpoint_job
 from pipelines.resources import StorageResource
 

@@ -7,6 +7,7 @@ import dataclasses
 import dagster as dg
 import pytest
 
+from assets.evaluation import EVAL_ASSETS, EVAL_TASKS, FINDINGS, RETRIEVAL
 from assets.stage_checkpoints import (
     ASSET_SET_FIELDS,
     TRAINING_PRESETS,
@@ -55,7 +56,7 @@ def test_a_new_core_field_appears_with_its_docstring():
     assert "Model width, documented once over two lines." in schema["width"]["description"]
     assert "p: 4" in schema["width"]["description"]
     values = resolve_preset(generated(ratios=[0.1, 0.2]), {"p": {"width": 4}})
-    assert resolve(Core, values) == Core(width=4, ratios=[0.1, 0.2])
+    assert resolve(Core, values) == Core(width=4, ratios=(0.1, 0.2))  # the core's tuple
     assert field_docs(Core)["ratios"] == "Mask ratios."
 
 
@@ -74,6 +75,65 @@ def test_presets_are_overrides_and_the_core_validates():
         stage_settings(StageConfig(placement_strategy="ANYWHERE"), 1)
     with pytest.raises(ValueError, match="unknown preset"):
         stage_settings(StageConfig(preset="huge"), 1)
+
+
+@pytest.mark.parametrize(
+    ("task", "asset"),
+    list(zip(EVAL_TASKS, EVAL_ASSETS, strict=True)),
+    ids=[t.name for t in EVAL_TASKS],
+)
+def test_every_core_evaluation_field_reaches_the_launchpad(task, asset):
+    assert asset.key.to_user_string() == f"{task.name}_eval"
+    offered = launchpad_fields(asset)
+    expected = {f.name for f in dataclasses.fields(task.run)}
+    expected |= {
+        task.renames.get(f.name, f.name)
+        for f in dataclasses.fields(task.core)
+        if f.name not in task.asset_set
+    }
+    assert offered == expected, f"missing {expected - offered}, unexpected {offered - expected}"
+
+
+def test_a_field_added_to_a_core_evaluation_config_reaches_the_launchpad():
+    """What happens when e.g. a new switch is added to ``FindingsConfig``: nothing to copy."""
+
+    @dataclasses.dataclass(frozen=True)
+    class GrownFindingsConfig(FINDINGS.core):
+        """Findings settings, one more.
+
+        Attributes:
+            pixel_baseline: Also score a probe on downsampled pixels.
+        """
+
+        pixel_baseline: bool = False
+
+    grown = dataclasses.replace(FINDINGS, core=GrownFindingsConfig)
+    schema = grown.config_class("Grown", "doc").model_json_schema()["properties"]
+    assert (
+        "Also score a probe on downsampled pixels. Unset: the default False."
+        in (schema["pixel_baseline"]["description"])
+    )
+    assert "probe_c" in schema  # the inherited fields keep their docs
+    assert "logistic-regression" in schema["probe_c"]["description"]
+    _, core = grown.settings(grown.config_class("Grown", "doc")(pixel_baseline=True))
+    assert core.pixel_baseline is True
+
+
+def test_evaluation_run_config_resolves_through_the_core():
+    config = EVAL_ASSETS[0].op.config_schema.config_type  # the launchpad schema
+    assert "max_train_rows" in config.fields and "max_train_images" not in config.fields
+    cls = FINDINGS.config_class("F", "doc")
+    run, core = FINDINGS.settings(
+        cls(max_train_rows=400, layer=2.0, candidate_layers=[0.25, 3.0], mask_ratios=[0.0])
+    )
+    assert core.max_train_images == 400 and core.layer == 2 and isinstance(core.layer, int)
+    assert core.candidate_layers == (0.25, 3) and core.mask_ratios == (0.0,)
+    assert run.max_validate_rows == 5000 and run.device == "cpu"  # run-level defaults
+    assert FINDINGS.recorded(run, core)["max_train_rows"] == 400
+    with pytest.raises(ValueError, match="retrieval prior"):
+        RETRIEVAL.core_settings(
+            RETRIEVAL.config_class("R", "doc")(prior="blank"), max_text_tokens=8
+        )
 
 
 def test_scratch_duckdb_threads_come_from_one_setting(monkeypatch):

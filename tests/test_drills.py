@@ -379,7 +379,11 @@ def test_a_corrupt_token_shard_is_named_before_training(reference, tmp_path):
 
 
 def test_a_published_checkpoint_with_a_missing_or_altered_file_is_named(tmp_path):
-    from pipelines.checkpoints import publish_checkpoint, verified_from_pointer, verify_checkpoint
+    from pipelines.checkpoints.publish import (
+        publish_checkpoint,
+        verified_from_pointer,
+        verify_checkpoint,
+    )
 
     trained = tmp_path / "run" / "step_000004"
     (trained / "model").mkdir(parents=True)

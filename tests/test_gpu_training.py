@@ -79,9 +79,9 @@ def test_bf16_compiled_training_follows_the_eager_loss_curve():
 def ray_gpu():
     import ray
 
-    from pipelines.ray_training import _ensure_ray
+    from pipelines.on_ray.startup import ensure_ray
 
-    _ensure_ray(2)
+    ensure_ray(min_cpus=2)
     if not ray.cluster_resources().get("GPU"):
         pytest.fail(f"Ray sees no GPU: {ray.cluster_resources()}")
     yield
@@ -95,7 +95,7 @@ def _shards(tmp_path: Path, vocab: Vocabulary) -> list[Path]:
 
 
 def _fit(tmp_path: Path, shards, vocab, train: dict, **extra) -> dict:
-    from pipelines.ray_training import fit_with_ray
+    from pipelines.on_ray.lm_training import fit_with_ray
 
     config = {
         "shard_paths": [str(p) for p in shards],

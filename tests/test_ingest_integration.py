@@ -384,7 +384,7 @@ def test_image_tokenizer_trains_on_two_ray_workers_with_synced_codebooks(first_r
 
 
 def test_two_stage_training_publishes_checked_checkpoints(first_run):
-    from pipelines.checkpoints import list_published, verify_checkpoint
+    from pipelines.checkpoints.publish import list_published, verify_checkpoint
 
     storage, _ = first_run
     definitions = defs()

@@ -495,6 +495,8 @@ def test_incomplete_checkpoint_is_ignored(tmp_path, vocab):
     assert resumed.start_step == 4 and resumed.steps == 6
     assert (tmp_path / "step_000006" / COMPLETE_MARKER).is_file()
     assert latest_complete_checkpoint(tmp_path).name == "step_000006"
+    # the partial folder was replaced as a whole (cxr.storage.atomic_dir), no temp folder left
+    assert sorted(p.name for p in tmp_path.glob(".step_000006*")) == []
     assert latest_complete_checkpoint(tmp_path / "nothing") is None
     with pytest.raises(FileNotFoundError):
         load_lm_checkpoint(tmp_path / "nothing")

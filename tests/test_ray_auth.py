@@ -1,17 +1,13 @@
-"""Ray token auth settings (``pipelines.ray_auth``); the real refusal is in test_ray_cluster.py."""
+"""Ray token auth settings (``pipelines.on_ray.auth``); a local Ray started with them is in
+test_ray_startup.py, the real refusal by a cluster in test_ray_cluster.py."""
 
 import os
 import stat
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from pipelines import ray_auth
-from pipelines.ray_auth import RayAuthError, cluster_auth_env, prepare_ray_auth, write_token_file
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipelines.on_ray import auth as ray_auth
+from pipelines.on_ray.auth import RayAuthError, cluster_auth_env, prepare_ray_auth, write_token_file
 
 
 @pytest.fixture(autouse=True)
@@ -86,34 +82,3 @@ def test_an_explicit_local_mode_is_respected(monkeypatch):
     prepare_ray_auth("")
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
     assert "RAY_AUTH_TOKEN_PATH" not in os.environ
-
-
-LOCAL_RAY = """
-import os, ray
-from pipelines.resources import RayResource
-RayResource(num_cpus=1).ensure_started()
-
-@ray.remote
-def square(x):
-    return x * x
-
-print(os.environ["RAY_AUTH_MODE"], ray.get(square.remote(7)))
-ray.shutdown()
-"""
-
-
-def test_a_local_ray_starts_and_runs_tasks_with_token_auth(tmp_path):
-    """The production default, end to end (the suite itself runs its local Rays disabled)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env.update(
-        DAGSTER_HOME=str(tmp_path / "dagster_home"),
-        HOME=str(tmp_path / "home"),
-        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]),
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", LOCAL_RAY], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["token", "49"]
-    assert (tmp_path / "dagster_home" / "ray_auth_token").is_file()
-    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()

@@ -170,7 +170,7 @@ def cluster_driver(cluster, monkeypatch):
     Ray caches the auth mode per process: later tests start local Rays with the suite's
     ``RAY_AUTH_MODE=disabled``, so the cache is refreshed once the variables are restored.
     """
-    from pipelines.ray_auth import _refresh_ray_config
+    from pipelines.on_ray.auth import _refresh_ray_config
 
     monkeypatch.setenv("RAY_ADDRESS", cluster["address"])
     monkeypatch.setenv("RAY_AUTH_MODE", "token")

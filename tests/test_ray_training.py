@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -89,16 +88,9 @@ TOTAL_STEPS = 6
 def ray_session():
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            _node_ip_address="127.0.0.1",
-        )
-        started = True
+    from pipelines.on_ray.startup import ensure_ray
+
+    started = ensure_ray("", num_cpus=2)
     yield
     if started:
         ray.shutdown()
@@ -116,7 +108,7 @@ def tokens_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ddp_run(ray_session, tokens_dir, tmp_path_factory) -> dict:
-    from pipelines.ray_training import fit_with_ray
+    from pipelines.on_ray.lm_training import fit_with_ray
 
     storage = tmp_path_factory.mktemp("ray_fit")
     rows: list[dict] = []
@@ -127,7 +119,7 @@ def ddp_run(ray_session, tokens_dir, tmp_path_factory) -> dict:
 
 
 def test_unknown_placement_strategy_is_rejected_before_ray_starts(tokens_dir, tmp_path):
-    from pipelines.ray_training import fit_with_ray
+    from pipelines.on_ray.lm_training import fit_with_ray
 
     with pytest.raises(ValueError, match="placement_strategy must be one of"):
         fit_with_ray(
@@ -183,7 +175,7 @@ def test_rank_zero_progress_reaches_the_driver(ddp_run):
 def test_failure_drill_restarts_from_checkpoint_and_finishes(
     ray_session, tokens_dir, ddp_run, tmp_path
 ):
-    from pipelines.ray_training import fit_with_ray
+    from pipelines.on_ray.lm_training import fit_with_ray
 
     marker = tmp_path / "failure_fired"
     config = loop_config(tokens_dir, fault_injection={"rank": 1, "step": 3, "marker": str(marker)})
@@ -207,7 +199,7 @@ def test_sigkill_drill_resumes_from_the_last_complete_checkpoint(
 ):
     """A worker process killed with SIGKILL mid-run (no Python cleanup at all) is replaced."""
     from models.lm_train import COMPLETE_MARKER
-    from pipelines.ray_training import fit_with_ray
+    from pipelines.on_ray.lm_training import fit_with_ray
 
     marker = tmp_path / "killed"
     fault = {"rank": 1, "step": 5, "marker": str(marker), "mode": "sigkill"}

@@ -168,9 +168,11 @@ def test_save_load_round_trip(tmp_path, debug_model: VQTokenizer) -> None:
     assert loaded.config == debug_model.config and not loaded.training
     imgs = blobs(8, seed=4)
     assert torch.equal(loaded.encode(imgs), debug_model.encode(imgs))
-    # Overwriting an existing directory is fine and stable for identical weights.
+    # Overwriting an existing directory replaces it as a whole (cxr.storage.atomic_dir), stable
+    # for identical weights.
+    (out / "stale.txt").write_text("from an older writer")
     save_checkpoint(loaded, out)
-    assert checkpoint_sha256(out) == digest
+    assert checkpoint_sha256(out) == digest and not (out / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # A config that does not match the weights fails loudly.
     text = (out / "config.json").read_text().replace('"codebook_size": 32', '"codebook_size": 64')

@@ -11,7 +11,6 @@ gradients of the encoder/decoder.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,7 +27,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
 
     from cxr.image_batches import train_batches
-    from models.vq_tokenizer import VQConfig, VQTokenizer, save_checkpoint
+    from models.vq_tokenizer import VQConfig, VQTokenizer, write_checkpoint_files
     from models.vq_train import VQTrainConfig, train_vq
 
     context = ray.train.get_context()
@@ -79,7 +78,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         metrics["codebook_max_abs_diff_across_workers"] = float(spread)
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(inner.cpu(), tmp)
+            write_checkpoint_files(inner.cpu(), tmp)  # private folder; the driver publishes
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics)  # every rank reports the same number of times (barrier)
@@ -108,14 +107,13 @@ def fit_vq_with_ray(
     import shutil
 
     import numpy as np
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from cxr.storage import atomic_dir
+    from pipelines.on_ray.startup import ensure_ray
 
-    if not ray.is_initialized():
-        raise RuntimeError("call RayResource.ensure_started() before fit_vq_with_ray")
+    ensure_ray(min_cpus=num_workers)  # no-op when the step already started Ray
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     with tempfile.TemporaryDirectory(prefix="chexmix-vq-ray-") as tmp:
         val_path = Path(tmp) / "val.npy"
@@ -135,7 +133,6 @@ def fit_vq_with_ray(
             # a fresh run directory each time: reusing a name silently resumes an old run
             run_config=RunConfig(name="vq", storage_path=str(Path(tmp) / "ray")),
         )
-        logging.getLogger("ray").setLevel(logging.ERROR)
         with contextlib.ExitStack() as stack:
             if on_progress is not None:
                 stack.enter_context(tailing(Path(tmp) / "progress.jsonl", on_progress))

@@ -292,28 +292,6 @@ def _gather_node_ids(world_size: int) -> list[str]:
     return [str(n) for n in gathered]
 
 
-def _ensure_ray(num_workers: int) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    from pipelines.ray_auth import prepare_ray_auth
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = os.environ.get("RAY_ADDRESS", "")
-    prepare_ray_auth(address)  # a cluster: token auth; the loopback local Ray: disabled
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-    else:
-        ray.init(
-            num_cpus=max(num_workers, os.cpu_count() or 1),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            _node_ip_address="127.0.0.1",
-        )
-
-
 def fit_with_ray(
     train_loop_config: dict[str, Any],
     num_workers: int,
@@ -327,7 +305,8 @@ def fit_with_ray(
 ) -> dict[str, Any]:
     """Train the LM with Ray Train (DDP over ``num_workers`` workers); resume on failures.
 
-    Starts a quiet local Ray when none is running (``$RAY_ADDRESS`` connects to a cluster).
+    Starts a quiet local Ray when none is running (``$RAY_ADDRESS`` connects to a cluster),
+    through ``pipelines.on_ray.startup.ensure_ray``.
 
     Args:
         train_loop_config: Per-worker config (see the module docstring).
@@ -362,6 +341,7 @@ def fit_with_ray(
     from ray.train.torch import TorchTrainer
 
     from models.lm_train import LMTrainConfig
+    from pipelines.on_ray.startup import ensure_ray
 
     LMTrainConfig.from_dict(train_loop_config["train"])  # fail fast, in the driver
     _vocab(train_loop_config)
@@ -382,7 +362,7 @@ def fit_with_ray(
         progress_path.parent.mkdir(parents=True, exist_ok=True)
         progress_path.unlink(missing_ok=True)
         train_loop_config = {**train_loop_config, "progress_path": str(progress_path)}
-    _ensure_ray(num_workers)
+    ensure_ray(min_cpus=num_workers)  # no-op when a step already started Ray
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=train_loop_config,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.storage import combined_hash, file_sha256, write_json
-from pipelines.checkpoints import CHECKPOINT_MANIFEST, verify_checkpoint
+from pipelines.checkpoints.publish import CHECKPOINT_MANIFEST, verify_checkpoint
 
 EXTERNAL_ENV = "CHEXMIX_EXTERNAL_CHECKPOINTS"
 COMPLETE_MARKER = "COMPLETE"
