@@ -95,7 +95,7 @@ class TrainingRun:
 
 
 #: ``models.early_fusion.LM_PRESETS`` names (not imported: that module loads torch).
-LM_PRESET_NAMES = ("debug", "small", "radphi2")
+LM_PRESET_NAMES = ("debug", "tiny", "small", "radphi2")
 
 #: Named bundles of overrides of ``LMTrainConfig`` and ``TrainingRun`` fields. A field the run
 #: config leaves unset takes the preset's value, else the core default.
@@ -112,11 +112,13 @@ TRAINING_PRESETS: dict[str, dict[str, Any]] = {
         "use_ray": False,
         "val_max_rows": 32,
     },
-    # the CPU demo (make demo): the small model, ~3 min per arm on 2 cores
+    # the CPU demo (make demo): the tiny model, 4,800 sequences per arm, a few minutes per arm
+    # on 2 cores (chosen on VALIDATE with bench/demo_budget.py; see the README)
     "demo": {
-        "lm_preset": "small",
-        "steps": 150,
-        "lr": 1e-3,
+        "lm_preset": "tiny",
+        "steps": 300,
+        "batch_size": 16,
+        "lr": 2e-3,
         "warmup_steps": 20,
         "max_text_tokens": 128,
         "checkpoint_every": 100,

@@ -7,8 +7,11 @@ LM head extended to the unified vocabulary of :class:`models.vocabulary.Vocabula
 Presets (``LM_PRESETS``):
 
 - ``debug``: hidden 64, 2 layers, 4 heads; tests only.
+- ``tiny``: hidden 128, 4 layers, 4 heads (about 1.2M parameters with the demo's vocabulary);
+  the CPU demo preset: about three times the sequences per CPU-second of ``small``, which is
+  what the demo's fixed time budget needs (``bench/demo_budget.py``).
 - ``small``: hidden 256, 4 layers, 8 heads (about 3M parameters besides the embedding and the
-  LM head, which scale with the vocabulary); the CPU demo preset, trains in minutes on 2 cores.
+  LM head, which scale with the vocabulary); trains in minutes on 2 cores.
 - ``radphi2``: Phi-2's shape (32 layers, hidden 2560, 32 heads, intermediate 10240, partial
   rotary factor 0.4, about 2.8B parameters); build it from scratch or, as CheXmix does, load
   RadPhi-2 weights from a local directory with :func:`load_pretrained`.
@@ -115,6 +118,7 @@ class LMConfig:
 
 LM_PRESETS: dict[str, LMConfig] = {
     "debug": LMConfig("debug", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256),
+    "tiny": LMConfig("tiny", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
     "small": LMConfig("small", hidden_size=256, num_layers=4, num_heads=8, intermediate_size=1024),
     "radphi2": LMConfig(
         "radphi2",

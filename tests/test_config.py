@@ -63,8 +63,8 @@ def test_a_new_core_field_appears_with_its_docstring():
 def test_presets_are_overrides_and_the_core_validates():
     train, run = stage_settings(StageConfig(), 2)
     assert train.steps == TRAINING_PRESETS["demo"]["steps"] and train.stage == 2
-    assert train.batch_size == LMTrainConfig.batch_size  # not in the preset: the core default
-    assert run.lm_preset == "small" and run.use_ray
+    assert train.weight_decay == LMTrainConfig.weight_decay  # not in the preset: core default
+    assert run.lm_preset == "tiny" and run.use_ray
     train, run = stage_settings(StageConfig(preset="radphi2", steps=7, lr=5e-4), 1)
     assert (train.steps, train.lr, train.dtype, train.compile) == (7, 5e-4, "bfloat16", True)
     assert train.loss_on == "all" and train.warmup_steps <= 6

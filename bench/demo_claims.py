@@ -1,0 +1,159 @@
+"""Re-check the demo's four CheXmix claims from the catalog and print PASS / FAIL for each.
+
+Reads ``eval_comparisons`` (the paired patient-bootstrap differences the evaluation wrote) of a
+storage root's ``catalog.duckdb``; computes nothing from a model. The claims (issue 13):
+
+1. stage 2's findings features beat bag-of-codes at 0% masking: paired CI of the macro-AUROC
+   difference above 0;
+2. stage 2 minus stage 1 continued (equal steps), findings macro AUROC: paired CI above 0 at
+   40% and at 60% image masking;
+3. stage 2 inpainting PSNR (vs the VQ reconstruction, 40% random positions) >= 3 dB above stage
+   1 continued, paired CI above 0;
+4. stage 2 macro AUROC drops by no more than 0.10 from 0% to 60% masking.
+
+One line per claim and stage-2 checkpoint; exit status 0 when every claim holds, 1 when one
+does not, 2 when the catalog lacks what a claim needs (not evaluated yet).
+
+    .venv/bin/python bench/demo_claims.py --storage storage [--json bench/results/demo-claims.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.sort(key=lambda p: Path(p or ".").resolve() == Path(__file__).resolve().parent)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import polars as pl
+
+from bench.common import repo_relative
+from cxr.catalog import Catalog
+from evaluation.comparisons import read_comparisons
+
+#: claim 3's margin and claim 4's largest allowed drop
+MIN_PSNR_GAIN_DB = 3.0
+MAX_AUROC_DROP = 0.10
+
+
+def _row(frame: pl.DataFrame, **where) -> dict | None:
+    for name, value in where.items():
+        frame = frame.filter(pl.col(name) == value)
+    if frame.height > 1:
+        raise ValueError(f"more than one comparison row for {where}")
+    return frame.row(0, named=True) if frame.height else None
+
+
+def _interval(row: dict) -> str:
+    return f"{row['diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+
+
+def check_claims(frame: pl.DataFrame) -> list[dict]:
+    """One dict per (claim, stage-2 checkpoint): claim, checkpoint, holds (None: no data), text."""
+    out: list[dict] = []
+    stage2 = sorted(set(frame.filter(pl.col("arm_a") == "stage2")["checkpoint_a"].to_list()))
+    if not stage2:
+        return [{"claim": 0, "checkpoint": None, "holds": None, "text": "no stage-2 results"}]
+    for key in stage2:
+        mine = frame.filter(pl.col("checkpoint_a") == key)
+        findings = mine.filter(pl.col("task") == "findings", pl.col("metric") == "macro_auroc")
+        bag = findings.filter(pl.col("checkpoint_b") == "bag_of_codes")
+        cont = findings.filter(pl.col("arm_b") == "stage1-continued")
+
+        row = _row(bag, mask_ratio=0.0)
+        if row is None or row["ci_low"] is None:
+            out.append(dict(claim=1, checkpoint=key, holds=None, text="no stage 2 vs bag-of-codes"))
+        else:
+            out.append(
+                dict(
+                    claim=1,
+                    checkpoint=key,
+                    holds=row["ci_low"] > 0,
+                    text=f"stage 2 - bag-of-codes at 0%: {_interval(row)} "
+                    f"({row['value_a']:.4f} vs {row['value_b']:.4f}, {row['n_patients']} patients)",
+                )
+            )
+
+        parts, each = [], []
+        for ratio in (0.4, 0.6):
+            row = _row(cont, mask_ratio=ratio)
+            if row is None or row["ci_low"] is None:
+                each.append(None)
+                parts.append(f"{ratio:.0%}: missing")
+            else:
+                each.append(row["ci_low"] > 0)
+                parts.append(f"{ratio:.0%}: {_interval(row)}")
+        holds = None if None in each else all(each)
+        out.append(
+            dict(
+                claim=2,
+                checkpoint=key,
+                holds=holds,
+                text="stage 2 - stage 1 continued, " + "; ".join(parts),
+            )
+        )
+
+        inpaint = mine.filter(
+            pl.col("task") == "inpainting",
+            pl.col("metric") == "psnr_vs_reconstruction",
+            pl.col("arm_b") == "stage1-continued",
+        )
+        row = _row(inpaint, mask_ratio=0.4, setting="random")
+        if row is None or row["ci_low"] is None:
+            out.append(dict(claim=3, checkpoint=key, holds=None, text="no inpainting pair"))
+        else:
+            out.append(
+                dict(
+                    claim=3,
+                    checkpoint=key,
+                    holds=row["diff"] >= MIN_PSNR_GAIN_DB and row["ci_low"] > 0,
+                    text=f"inpainting PSNR vs reconstruction, 40% random, stage 2 - stage 1 "
+                    f"continued: {_interval(row)} dB ({row['value_a']:.2f} vs "
+                    f"{row['value_b']:.2f}; needs >= {MIN_PSNR_GAIN_DB} dB)",
+                )
+            )
+
+        at0, at60 = _row(bag, mask_ratio=0.0), _row(bag, mask_ratio=0.6)
+        if at0 is None or at60 is None:
+            out.append(dict(claim=4, checkpoint=key, holds=None, text="no 0% / 60% AUROC"))
+        else:
+            drop = at0["value_a"] - at60["value_a"]
+            out.append(
+                dict(
+                    claim=4,
+                    checkpoint=key,
+                    holds=drop <= MAX_AUROC_DROP,
+                    text=f"stage 2 macro AUROC {at0['value_a']:.4f} at 0% -> "
+                    f"{at60['value_a']:.4f} at 60%: drop {drop:+.4f} (allowed {MAX_AUROC_DROP})",
+                )
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--storage", default="storage", help="storage root with catalog.duckdb")
+    parser.add_argument("--json", default="", help="also write the results here")
+    args = parser.parse_args(argv)
+    catalog_path = Path(args.storage) / "catalog.duckdb"
+    if not catalog_path.exists():
+        print(f"no catalog at {catalog_path}: run make demo first", file=sys.stderr)
+        return 2
+    results = check_claims(read_comparisons(Catalog(catalog_path)))
+    for r in results:
+        verdict = {True: "PASS", False: "FAIL", None: "MISSING"}[r["holds"]]
+        print(f"claim {r['claim']} [{verdict}] {r['checkpoint']}: {r['text']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(
+            json.dumps({"catalog": repo_relative(catalog_path), "claims": results}, indent=1)
+        )
+    if any(r["holds"] is None for r in results):
+        return 2
+    return 0 if all(r["holds"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
