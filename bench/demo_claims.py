@@ -15,6 +15,9 @@ One line per claim and stage-2 checkpoint; exit status 0 when every claim holds,
 does not, 2 when the catalog lacks what a claim needs (not evaluated yet).
 
     .venv/bin/python bench/demo_claims.py --storage storage [--json bench/results/demo-claims.json]
+
+``--table`` also prints the README's demo table (headline numbers of ``eval_results`` per arm,
+95% patient-bootstrap intervals in brackets).
 """
 
 from __future__ import annotations
@@ -132,10 +135,76 @@ def check_claims(frame: pl.DataFrame) -> list[dict]:
     return out
 
 
+ARMS = ("stage1", "stage1-continued", "stage2")
+#: (row label, task, metric, mask ratio, setting, baseline methods)
+_FINDINGS = ("findings", "macro_auroc")
+_PSNR = ("inpainting", "psnr_vs_reconstruction")
+_ACC = ("inpainting", "masked_token_accuracy")
+_FINDINGS_BASE = ("bag_of_codes", "pixel_blocks")
+_FILL, _NEAREST = ("image_blind_mode_fill",), ("nearest_train_report_codes",)
+TABLE_ROWS = (
+    ("findings macro AUROC @0%", *_FINDINGS, 0.0, None, _FINDINGS_BASE),
+    ("findings macro AUROC @40%", *_FINDINGS, 0.4, None, _FINDINGS_BASE),
+    ("findings macro AUROC @60%", *_FINDINGS, 0.6, None, _FINDINGS_BASE),
+    ("inpainting PSNR vs VQ recon., 40% random", *_PSNR, 0.4, "random", _FILL),
+    ("inpainting PSNR vs VQ recon., 40% block", *_PSNR, 0.4, "block", _FILL),
+    ("masked-token accuracy, 40% random", *_ACC, 0.4, "random", _FILL),
+    ("report ROUGE-L", "report_generation", "rouge_l", None, None, _NEAREST),
+    ("report clinical F1 (micro)", "report_generation", "clinical_f1_micro", None, None, _NEAREST),
+    ("retrieval i2t R@10", "retrieval", "i2t_recall@10", None, None, ("chance",)),
+)
+
+
+def _arm(checkpoint_id: str) -> str:
+    for arm in ("stage1-continued", "stage2", "stage1"):
+        if checkpoint_id.startswith(arm + "-"):
+            return arm
+    return "other"
+
+
+def _cell(row: dict | None, digits: int) -> str:
+    if row is None or row["value"] is None:
+        return "-"
+    text = f"{row['value']:.{digits}f}"
+    if row["ci_low"] is not None and row["ci_high"] is not None:
+        text += f" [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+    return text
+
+
+def results_table(results: pl.DataFrame) -> str:
+    """Markdown: one row per headline measure, one column per arm, then the baselines."""
+    results = results.with_columns(
+        pl.col("checkpoint_id").map_elements(_arm, return_dtype=pl.String).alias("arm")
+    )
+    lines = [
+        "| measure | stage 1 | stage 1 continued (equal steps) | stage 2 | baselines |",
+        "|---|---|---|---|---|",
+    ]
+    for label, task, metric, ratio, setting, baselines in TABLE_ROWS:
+        rows = results.filter(pl.col("task") == task, pl.col("metric") == metric)
+        if ratio is not None:
+            rows = rows.filter(pl.col("mask_ratio") == ratio)
+        if setting is not None:
+            rows = rows.filter(pl.col("setting") == setting)
+        digits = 1 if "PSNR" in label else 3
+        cells = []
+        for arm in ARMS:
+            mine = rows.filter(pl.col("arm") == arm, pl.col("method") == "model")
+            cells.append(_cell(mine.row(0, named=True) if mine.height else None, digits))
+        base = []
+        for method in baselines:
+            theirs = rows.filter(pl.col("method") == method)
+            if theirs.height:
+                base.append(f"{method} {_cell(theirs.row(0, named=True), digits)}")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'; '.join(base) or '-'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", default="storage", help="storage root with catalog.duckdb")
     parser.add_argument("--json", default="", help="also write the results here")
+    parser.add_argument("--table", action="store_true", help="print the README's demo table")
     args = parser.parse_args(argv)
     catalog_path = Path(args.storage) / "catalog.duckdb"
     if not catalog_path.exists():
@@ -145,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         verdict = {True: "PASS", False: "FAIL", None: "MISSING"}[r["holds"]]
         print(f"claim {r['claim']} [{verdict}] {r['checkpoint']}: {r['text']}")
+    if args.table:
+        catalog = Catalog(catalog_path)
+        with catalog.reader() as con:
+            table = pl.from_arrow(con.sql("SELECT * FROM eval_results").to_arrow_table())
+        print()
+        print(results_table(table))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(

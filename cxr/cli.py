@@ -33,7 +33,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-DEMO_STUDIES = 400  # as `make demo`
+DEMO_STUDIES = 1000  # as `make demo` (tests/test_cli.py checks the Makefile agrees)
 SUPPORTED_PYTHON = (3, 11)
 
 

@@ -142,3 +142,10 @@ def test_doctor_fails_and_says_what_to_fix(plain_shell, tmp_path, capsys, monkey
     assert "FAIL  storage root" in out and "CHEXMIX_STORAGE_ROOT" in out
     assert "FAIL  ray" in out and "RAY_AUTH_TOKEN_PATH" in out
     assert "-> fix:" in out
+
+
+def test_demo_data_default_is_the_makefiles():
+    import re
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert int(re.search(r"^DEMO_STUDIES \?= (\d+)$", makefile, re.M).group(1)) == cli.DEMO_STUDIES

@@ -150,3 +150,34 @@ def test_scratch_duckdb_threads_come_from_one_setting(monkeypatch):
     monkeypatch.setenv(THREADS_ENV, "many")
     with pytest.raises(ValueError, match=THREADS_ENV):
         scratch_connection()
+
+
+def test_the_demo_run_config_is_valid_for_both_commands_of_make_demo():
+    """pipelines/run_config/demo.yaml: every op entry fits its launchpad schema (materialize and
+    `evaluate --config`), and every evaluation entry passes its core config's validation."""
+    from pathlib import Path
+
+    import yaml
+
+    from pipelines import definitions
+    from pipelines.evaluate import evaluation_run_config
+
+    path = Path(__file__).resolve().parents[1] / "pipelines/run_config/demo.yaml"
+    ops = yaml.safe_load(path.read_text())["ops"]
+    defs = definitions.defs.load_fn()
+    covered = set()
+    for job_name in ("curation_job", "evaluation_job"):
+        job = defs.resolve_job_def(job_name)
+        mine = {k: v for k, v in ops.items() if k in job.graph.node_dict}
+        dg.validate_run_config(job, {"ops": mine})
+        covered |= set(mine)
+    assert covered == set(ops)  # no entry for an op that does not exist
+    assert set(evaluation_run_config(path)["ops"]) == {f"{t.name}_eval" for t in EVAL_TASKS}
+    for task in EVAL_TASKS:
+        values = ops[f"{task.name}_eval"]["config"]
+        task.settings(task.config_class("C", "doc")(**values))  # raises on a bad value
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        dg.validate_run_config(
+            defs.resolve_job_def("evaluation_job"),
+            {"ops": {"findings_eval": {"config": {"min_test_positivez": 3}}}},
+        )
