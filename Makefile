@@ -12,6 +12,15 @@ DEMO_CONFIG ?= pipelines/run_config/demo.yaml
 # Another data seed gets its own archive, storage and Dagster home (make demo DEMO_SEED=1).
 DEMO_SUFFIX := $(if $(filter 0,$(DEMO_SEED)),,-seed$(DEMO_SEED))
 
+# The synthetic demo archive has no real patient, so its pseudonym salt may be public and fixed:
+# two clean runs then split the same patients (the split is keyed on the pseudonyms). This is the
+# salt the first clean run of the demo configuration generated. Point CHEXMIX_SOURCE_ROOT at a
+# real archive and no salt is set here: a secret one is generated into <storage>/private/id_salt
+# (or comes from your CHEXMIX_ID_SALT).
+ifeq ($(origin CHEXMIX_SOURCE_ROOT),undefined)
+export CHEXMIX_ID_SALT ?= 0fce126dfd1049e273e910dd4175cbe035908374bf5e3d3ec1db2f15d2b5aa2d
+endif
+
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home$(DEMO_SUFFIX)
 export CHEXMIX_SOURCE_ROOT ?= $(CURDIR)/data/demo$(DEMO_SUFFIX)
 export CHEXMIX_STORAGE_ROOT ?= $(CURDIR)/storage$(DEMO_SUFFIX)

@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "machine": machine_info(["torch", "transformers", "scikit-learn"]),
         "storage": repo_relative(root),
-        "args": vars(args),
+        "args": {
+            k: repo_relative(v) if k in ("storage", "json") and v else v
+            for k, v in vars(args).items()
+        },
     }
     results["bag_of_codes"] = base
     results["candidates"] = {}

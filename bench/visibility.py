@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "machine": machine_info(["torch", "numpy", "scikit-learn"]),
                     "storage": repo_relative(root),
-                    "args": vars(args),
+                    "args": {
+                        k: repo_relative(v) if k in ("storage", "json") and v else v
+                        for k, v in vars(args).items()
+                    },
                     "train_images": len(train),
                     "validate_images": len(validate),
                     "validate_positive_patients": positives,
