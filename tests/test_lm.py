@@ -116,7 +116,7 @@ def debug_model(vocab: Vocabulary, seed: int = 0) -> PhiForCausalLM:
 def test_presets_build_with_vocab_sized_embeddings(vocab):
     from assets.stage_checkpoints import LM_PRESET_NAMES
 
-    assert LM_PRESET_NAMES == tuple(LM_PRESETS)  # the launchpad's list is the models' list
+    assert tuple(LM_PRESETS) == LM_PRESET_NAMES  # the launchpad's list is the models' list
     for name in ("debug", "tiny", "small"):
         preset = LM_PRESETS[name]
         model = build_model(preset, vocab, max_positions=128)
