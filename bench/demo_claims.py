@@ -60,6 +60,10 @@ def check_claims(frame: pl.DataFrame) -> list[dict]:
     if not stage2:
         return [{"claim": 0, "checkpoint": None, "holds": None, "text": "no stage-2 results"}]
     for key in stage2:
+
+        def claim(number: int, holds: bool | None, text: str, key: str = key) -> None:
+            out.append(dict(claim=number, checkpoint=key, holds=holds, text=text))
+
         mine = frame.filter(pl.col("checkpoint_a") == key)
         findings = mine.filter(pl.col("task") == "findings", pl.col("metric") == "macro_auroc")
         bag = findings.filter(pl.col("checkpoint_b") == "bag_of_codes")
@@ -67,16 +71,13 @@ def check_claims(frame: pl.DataFrame) -> list[dict]:
 
         row = _row(bag, mask_ratio=0.0)
         if row is None or row["ci_low"] is None:
-            out.append(dict(claim=1, checkpoint=key, holds=None, text="no stage 2 vs bag-of-codes"))
+            claim(1, None, "no stage 2 vs bag-of-codes")
         else:
-            out.append(
-                dict(
-                    claim=1,
-                    checkpoint=key,
-                    holds=row["ci_low"] > 0,
-                    text=f"stage 2 - bag-of-codes at 0%: {_interval(row)} "
-                    f"({row['value_a']:.4f} vs {row['value_b']:.4f}, {row['n_patients']} patients)",
-                )
+            claim(
+                1,
+                row["ci_low"] > 0,
+                f"stage 2 - bag-of-codes at 0%: {_interval(row)} "
+                f"({row['value_a']:.4f} vs {row['value_b']:.4f}, {row['n_patients']} patients)",
             )
 
         parts, each = [], []
@@ -89,14 +90,7 @@ def check_claims(frame: pl.DataFrame) -> list[dict]:
                 each.append(row["ci_low"] > 0)
                 parts.append(f"{ratio:.0%}: {_interval(row)}")
         holds = None if None in each else all(each)
-        out.append(
-            dict(
-                claim=2,
-                checkpoint=key,
-                holds=holds,
-                text="stage 2 - stage 1 continued, " + "; ".join(parts),
-            )
-        )
+        claim(2, holds, "stage 2 - stage 1 continued, " + "; ".join(parts))
 
         inpaint = mine.filter(
             pl.col("task") == "inpainting",
@@ -105,32 +99,26 @@ def check_claims(frame: pl.DataFrame) -> list[dict]:
         )
         row = _row(inpaint, mask_ratio=0.4, setting="random")
         if row is None or row["ci_low"] is None:
-            out.append(dict(claim=3, checkpoint=key, holds=None, text="no inpainting pair"))
+            claim(3, None, "no inpainting pair")
         else:
-            out.append(
-                dict(
-                    claim=3,
-                    checkpoint=key,
-                    holds=row["diff"] >= MIN_PSNR_GAIN_DB and row["ci_low"] > 0,
-                    text=f"inpainting PSNR vs reconstruction, 40% random, stage 2 - stage 1 "
-                    f"continued: {_interval(row)} dB ({row['value_a']:.2f} vs "
-                    f"{row['value_b']:.2f}; needs >= {MIN_PSNR_GAIN_DB} dB)",
-                )
+            claim(
+                3,
+                row["diff"] >= MIN_PSNR_GAIN_DB and row["ci_low"] > 0,
+                f"inpainting PSNR vs reconstruction, 40% random, stage 2 - stage 1 "
+                f"continued: {_interval(row)} dB ({row['value_a']:.2f} vs "
+                f"{row['value_b']:.2f}; needs >= {MIN_PSNR_GAIN_DB} dB)",
             )
 
         at0, at60 = _row(bag, mask_ratio=0.0), _row(bag, mask_ratio=0.6)
         if at0 is None or at60 is None:
-            out.append(dict(claim=4, checkpoint=key, holds=None, text="no 0% / 60% AUROC"))
+            claim(4, None, "no 0% / 60% AUROC")
         else:
             drop = at0["value_a"] - at60["value_a"]
-            out.append(
-                dict(
-                    claim=4,
-                    checkpoint=key,
-                    holds=drop <= MAX_AUROC_DROP,
-                    text=f"stage 2 macro AUROC {at0['value_a']:.4f} at 0% -> "
-                    f"{at60['value_a']:.4f} at 60%: drop {drop:+.4f} (allowed {MAX_AUROC_DROP})",
-                )
+            claim(
+                4,
+                drop <= MAX_AUROC_DROP,
+                f"stage 2 macro AUROC {at0['value_a']:.4f} at 0% -> "
+                f"{at60['value_a']:.4f} at 60%: drop {drop:+.4f} (allowed {MAX_AUROC_DROP})",
             )
     return out
 

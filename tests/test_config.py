@@ -159,12 +159,12 @@ def test_the_demo_run_config_is_valid_for_both_commands_of_make_demo():
 
     import yaml
 
-    from pipelines import definitions
+    from pipelines.definitions import defs as load_defs
     from pipelines.evaluate import evaluation_run_config
 
     path = Path(__file__).resolve().parents[1] / "pipelines/run_config/demo.yaml"
     ops = yaml.safe_load(path.read_text())["ops"]
-    defs = definitions.defs.load_fn()
+    defs = load_defs()
     covered = set()
     for job_name in ("curation_job", "evaluation_job"):
         job = defs.resolve_job_def(job_name)
