@@ -30,9 +30,9 @@ import numpy as np
 import polars as pl
 
 from cxr.catalog import Catalog
-from evaluation.findings import macro_auroc
+from evaluation.findings import weighted_macro_auroc
 from evaluation.retrieval import chance_recall
-from evaluation.stats import recall_at_k, resample_indices
+from evaluation.stats import resample_counts, weighted_nanmean
 
 EVAL_COMPARISONS_DDL = """
 CREATE TABLE IF NOT EXISTS eval_comparisons (
@@ -91,8 +91,8 @@ class PairedEstimate:
 
 def paired_difference(
     groups: Sequence[str],
-    statistic_a: Callable[[np.ndarray], float],
-    statistic_b: Callable[[np.ndarray], float],
+    statistic_a: Callable[[np.ndarray], np.ndarray],
+    statistic_b: Callable[[np.ndarray], np.ndarray],
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
@@ -101,8 +101,10 @@ def paired_difference(
 
     Args:
         groups: Patient id per (aligned) sample, length M.
-        statistic_a: Sample indices (with repeats) -> arm a's metric (NaN if undefined).
-        statistic_b: The same for arm b, on the same samples.
+        statistic_a: Sample weights float (B, M), one row per resample (how often each sample
+            is drawn; all ones: every sample once) -> arm a's metric per row, float (B,), NaN
+            where undefined.
+        statistic_b: The same for arm b, on the same rows.
         n_boot: Resamples (0: no interval).
         seed: Resampling seed.
         alpha: 1 - coverage.
@@ -111,11 +113,13 @@ def paired_difference(
         The estimate; interval and ``p_le_zero`` are NaN when fewer than half of the
         resamples gave a defined difference.
     """
-    everything = np.arange(len(groups))
-    value_a, value_b = float(statistic_a(everything)), float(statistic_b(everything))
-    diffs = np.array(
-        [statistic_a(i) - statistic_b(i) for i in resample_indices(groups, n_boot, seed)],
-        dtype=float,
+    everything = np.ones((1, len(groups)))
+    value_a, value_b = float(statistic_a(everything)[0]), float(statistic_b(everything)[0])
+    counts = resample_counts(groups, n_boot, seed)
+    diffs = (
+        np.asarray(statistic_a(counts), dtype=float) - np.asarray(statistic_b(counts), dtype=float)
+        if len(counts)
+        else np.zeros(0)
     )
     defined = diffs[np.isfinite(diffs)]
     n_patients = len(set(groups))
@@ -146,8 +150,9 @@ class Comparable:
     mask_ratio: float
     setting: str
     groups: np.ndarray
-    statistic_a: Callable[[np.ndarray], float]
-    statistic_b: Callable[[np.ndarray], float]
+    #: Sample weights (B, M) -> the metric per weight row (B,), see ``paired_difference``.
+    statistic_a: Callable[[np.ndarray], np.ndarray]
+    statistic_b: Callable[[np.ndarray], np.ndarray]
 
 
 def _aligned(a: pl.DataFrame, b: pl.DataFrame, key: list[str]) -> pl.DataFrame:
@@ -207,8 +212,8 @@ def _findings(a: pl.DataFrame, b: pl.DataFrame, setting: Callable[[int, int], st
             float(ratio),
             setting(layer_a, layer_b),
             images["patient_id"].to_numpy(),
-            lambda i, y=ya, s=sa, o=obs: macro_auroc(y, {k: s[:, k] for k in o}, i),
-            lambda i, y=ya, s=sb, o=obs: macro_auroc(y, {k: s[:, k] for k in o}, i),
+            lambda w, y=ya, s=sa, o=obs: weighted_macro_auroc(y, {k: s[:, k] for k in o}, w),
+            lambda w, y=ya, s=sb, o=obs: weighted_macro_auroc(y, {k: s[:, k] for k in o}, w),
         )
 
 
@@ -238,8 +243,8 @@ def _mean_columns(
                 float(spec.get("mask_ratio", 0.0)),
                 str(spec.get("pattern", "")),
                 joined["patient_id"].to_numpy(),
-                lambda i, v=va: float(np.nanmean(v[i])) if np.isfinite(v[i]).any() else np.nan,
-                lambda i, v=vb: float(np.nanmean(v[i])) if np.isfinite(v[i]).any() else np.nan,
+                lambda w, v=va: weighted_nanmean(v, w),
+                lambda w, v=vb: weighted_nanmean(v, w),
             )
 
 
@@ -261,8 +266,8 @@ def _retrieval(a: pl.DataFrame, b: pl.DataFrame | None, ks: Sequence[int] = (1, 
                     0.0,
                     "",
                     groups,
-                    lambda i, r=ranks_a, k=k: recall_at_k(r[i], k),
-                    lambda i, c=chance: c,
+                    lambda w, r=ranks_a, k=k: weighted_nanmean(r < k, w),
+                    lambda w, c=chance: np.full(len(w), c),
                 )
             continue
         bt = b.filter(pl.col("direction") == direction).sort("query_id")
@@ -279,8 +284,8 @@ def _retrieval(a: pl.DataFrame, b: pl.DataFrame | None, ks: Sequence[int] = (1, 
                 0.0,
                 "",
                 at["patient_id"].to_numpy(),
-                lambda i, r=ranks_a, k=k: recall_at_k(r[i], k),
-                lambda i, r=ranks_b, k=k: recall_at_k(r[i], k),
+                lambda w, r=ranks_a, k=k: weighted_nanmean(r < k, w),
+                lambda w, r=ranks_b, k=k: weighted_nanmean(r < k, w),
             )
 
 

@@ -43,7 +43,7 @@ from evaluation.features import (
     resolve_layer,
 )
 from evaluation.results import MetricRow
-from evaluation.stats import auroc, interval, resample_indices
+from evaluation.stats import auroc, interval, resample_counts, weighted_auroc
 from models.vocabulary import Vocabulary
 
 TASK = "findings"
@@ -237,6 +237,26 @@ def macro_auroc(targets: np.ndarray, scores: dict[int, np.ndarray], index: np.nd
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 of the finite entries; NaN for a column with none."""
+    finite = np.isfinite(values)
+    total = np.where(finite, values, 0.0).sum(axis=0)
+    count = finite.sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def weighted_macro_auroc(
+    targets: np.ndarray, scores: dict[int, np.ndarray], weights: np.ndarray
+) -> np.ndarray:
+    """``macro_auroc`` for every row of sample weights (B, M) at once (``weighted_auroc``)."""
+    weights = np.atleast_2d(weights)
+    if not scores:
+        return np.full(len(weights), np.nan)
+    return _nanmean_rows(
+        np.stack([weighted_auroc(targets[:, k], s, weights) for k, s in scores.items()])
+    )
+
+
 def evaluate_features(
     method: str,
     ratio: float,
@@ -254,7 +274,8 @@ def evaluate_features(
     train_t = train.targets(config.uncertainty_policy)
     test_t = test.targets(config.uncertainty_policy)
     setting = "" if layer is None else f"layer {layer}"
-    resamples = resample_indices(test.patient_ids, config.n_boot, config.seed)
+    resamples = resample_counts(test.patient_ids, config.n_boot, config.seed)
+    per_observation: dict[int, np.ndarray] = {}
     scores, skipped = probe_scores(train_x, train_t, test_x, test_t, test.patient_ids, config)
     rows: list[MetricRow] = []
     samples = []
@@ -277,9 +298,8 @@ def evaluate_features(
             )
             continue
         s = scores[k]
-        est = interval(
-            _masked_auroc(y, s), [_masked_auroc(y[i], s[i]) for i in resamples], int(keep.sum())
-        )
+        per_observation[k] = weighted_auroc(y, s, resamples)
+        est = interval(_masked_auroc(y, s), per_observation[k], int(keep.sum()))
         rows.append(
             MetricRow(
                 TASK,
@@ -312,7 +332,7 @@ def evaluate_features(
     if scores:
         est = interval(
             macro_auroc(test_t, scores, np.arange(len(test))),
-            [macro_auroc(test_t, scores, i) for i in resamples],
+            _nanmean_rows(np.stack(list(per_observation.values()))),
             len(test),
         )
         rows.append(

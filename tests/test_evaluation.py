@@ -371,6 +371,63 @@ def test_auroc_equals_sklearn_with_ties():
     assert np.isnan(auroc(np.zeros(5), np.arange(5)))
 
 
+def test_resample_counts_are_the_resamples_of_resample_indices():
+    from evaluation.stats import resample_counts, resample_indices
+
+    groups = [f"p{i % 7}" for i in range(30)]
+    counts = resample_counts(groups, 50, seed=3)
+    indices = resample_indices(groups, 50, seed=3)
+    assert counts.shape == (50, 30)
+    for row, index in zip(counts, indices, strict=True):
+        np.testing.assert_array_equal(row, np.bincount(index, minlength=30))
+    assert resample_counts(groups, 0).shape == (0, 30)
+
+
+def test_weighted_statistics_equal_the_per_resample_loop():
+    """The vectorised bootstrap gives what indexing every resample gives: ties, NaN targets,
+    resamples with one class only (NaN), rows of observations."""
+    from evaluation.findings import macro_auroc, weighted_macro_auroc
+    from evaluation.stats import (
+        auroc,
+        resample_counts,
+        resample_indices,
+        weighted_auroc,
+        weighted_nanmean,
+    )
+
+    rng = np.random.default_rng(1)
+    n = 60
+    groups = [f"p{i // 3}" for i in range(n)]
+    targets = (rng.random((n, 3)) < [0.3, 0.05, 0.5]).astype(float)
+    targets[rng.random((n, 3)) < 0.1] = np.nan
+    scores = {k: np.round(rng.normal(size=n), 1) for k in range(3)}  # many ties
+    counts = resample_counts(groups, 200, seed=2)
+    indices = resample_indices(groups, 200, seed=2)
+    y, s = targets[:, 0], scores[0]
+    keep = np.isfinite(y)
+    loop = np.array([auroc(y[i][keep[i]], s[i][keep[i]]) for i in indices])
+    np.testing.assert_allclose(weighted_auroc(y, s, counts), loop, rtol=0, atol=1e-12)
+    y1, keep1 = targets[:, 1], np.isfinite(targets[:, 1])
+    rare = np.array([auroc(y1[i][keep1[i]], scores[1][i][keep1[i]]) for i in indices])
+    assert np.isnan(rare).any()  # some resamples draw no positive of the rare observation
+    np.testing.assert_array_equal(
+        np.isnan(weighted_auroc(targets[:, 1], scores[1], counts)), np.isnan(rare)
+    )
+    np.testing.assert_allclose(
+        weighted_macro_auroc(targets, scores, counts),
+        [macro_auroc(targets, scores, i) for i in indices],
+        rtol=0,
+        atol=1e-12,
+    )
+    assert weighted_auroc(y, s, np.ones(n))[0] == pytest.approx(auroc(y[keep], s[keep]), abs=1e-12)
+    v = rng.normal(size=n)
+    v[::5] = np.nan
+    np.testing.assert_allclose(
+        weighted_nanmean(v, counts), [np.nanmean(v[i]) for i in indices], rtol=0, atol=1e-12
+    )
+    assert np.isnan(weighted_nanmean(np.full(n, np.nan), counts[:2])).all()
+
+
 def test_retrieval_ties_count_against_the_query(vocab):
     """A model that scores every pair the same retrieves nothing at k=1 (ties are misses)."""
 
