@@ -116,10 +116,8 @@ def paired_difference(
     everything = np.ones((1, len(groups)))
     value_a, value_b = float(statistic_a(everything)[0]), float(statistic_b(everything)[0])
     counts = resample_counts(groups, n_boot, seed)
-    diffs = (
-        np.asarray(statistic_a(counts), dtype=float) - np.asarray(statistic_b(counts), dtype=float)
-        if len(counts)
-        else np.zeros(0)
+    diffs = np.asarray(statistic_a(counts), dtype=float) - np.asarray(
+        statistic_b(counts), dtype=float
     )
     defined = diffs[np.isfinite(diffs)]
     n_patients = len(set(groups))

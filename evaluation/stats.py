@@ -22,20 +22,31 @@ class Estimate:
     n: int
 
 
-def resample_indices(groups: Sequence[str], n_boot: int, seed: int = 0) -> list[np.ndarray]:
-    """``n_boot`` patient-level resamples: sample indices of patients drawn with replacement."""
+def _patient_draws(groups: Sequence[str], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Patient index per sample (M,), and the patients each resample draws, int (n_boot, P).
+
+    The one source of the resamples: ``resample_indices`` and ``resample_counts`` are two views
+    of these draws, so every statistic of one seed gets the same patient resamples.
+    """
     groups = np.asarray(groups)
     if n_boot <= 0 or len(groups) == 0:
-        return []
+        return np.zeros(len(groups), dtype=np.int64), np.zeros((0, 0), dtype=np.int64)
     _, inverse = np.unique(groups, return_inverse=True)
+    n_patients = int(inverse.max()) + 1
+    rng = np.random.default_rng(seed)
+    draws = np.stack([rng.integers(0, n_patients, size=n_patients) for _ in range(n_boot)])
+    return inverse, draws
+
+
+def resample_indices(groups: Sequence[str], n_boot: int, seed: int = 0) -> list[np.ndarray]:
+    """``n_boot`` patient-level resamples: sample indices of patients drawn with replacement."""
+    inverse, draws = _patient_draws(groups, n_boot, seed)
+    if not len(draws):
+        return []
     order = np.argsort(inverse, kind="stable")
     starts = np.searchsorted(inverse[order], np.arange(inverse.max() + 1))
     members = np.split(order, starts[1:])
-    rng = np.random.default_rng(seed)
-    return [
-        np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
-        for _ in range(n_boot)
-    ]
+    return [np.concatenate([members[g] for g in drawn]) for drawn in draws]
 
 
 def resample_counts(groups: Sequence[str], n_boot: int, seed: int = 0) -> np.ndarray:
@@ -47,18 +58,11 @@ def resample_counts(groups: Sequence[str], n_boot: int, seed: int = 0) -> np.nda
     A statistic that is a weighted sum over samples (a mean, an AUROC) is then computed for all
     resamples at once with matrix operations instead of once per resample.
     """
-    groups = np.asarray(groups)
-    if n_boot <= 0 or len(groups) == 0:
-        return np.zeros((0, len(groups)), dtype=np.int32)
-    _, inverse = np.unique(groups, return_inverse=True)
-    n_patients = int(inverse.max()) + 1
-    rng = np.random.default_rng(seed)
-    per_patient = np.stack(
-        [
-            np.bincount(rng.integers(0, n_patients, size=n_patients), minlength=n_patients)
-            for _ in range(n_boot)
-        ]
-    )
+    inverse, draws = _patient_draws(groups, n_boot, seed)
+    if not len(draws):
+        return np.zeros((0, len(inverse)), dtype=np.int32)
+    n_patients = draws.shape[1]
+    per_patient = np.stack([np.bincount(drawn, minlength=n_patients) for drawn in draws])
     return per_patient[:, inverse].astype(np.int32)
 
 
@@ -82,8 +86,8 @@ def weighted_auroc(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray) 
         return out
     order = np.argsort(s, kind="stable")
     s, y, w = s[order], y[order], w[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first sample of each tied score
-    group = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1
+    new_score = np.r_[True, s[1:] != s[:-1]]  # first sample of each tied score
+    starts, group = np.flatnonzero(new_score), np.cumsum(new_score) - 1
     for lo in range(0, len(w), WEIGHT_BLOCK):
         block = w[lo : lo + WEIGHT_BLOCK]
         negatives = np.add.reduceat(block * ~y, starts, axis=1)  # negative weight per score
